@@ -1,0 +1,1 @@
+"""fastrnn: recurrent networks (RNN, LSTM, GRU) on NumPy arrays at compiled speed."""

@@ -1,0 +1,527 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Whole-sequence loops of one recurrent layer in one direction.
+
+Three tiers, each trusting the one above it:
+
+1. ``csrc/`` (plain C): the pointwise gate math of one time step, forward and backward,
+   for float and double. No allocation, no BLAS. Equations are numbered in
+   ``csrc/fastrnn_cells.h``.
+2. This module (Cython): the time loops. It receives C-contiguous typed memoryviews of one
+   float type, every output and workspace already allocated, and runs the whole loop with
+   the GIL released. Matrix products go through BLAS (``scipy.linalg.cython_blas``).
+3. ``fastrnn/_layer.py`` and the models (Python): validate user input, convert, allocate,
+   and compose layers and directions.
+
+Sequences inside the loops are *compact*: step ``s`` of row ``j`` holds time
+``t = s`` (forward) or ``t = lengths[order[j]] - 1 - s`` (reverse) of batch row ``order[j]``,
+where ``order`` sorts the rows by length, longest first. The rows still running at step ``s``
+are then a prefix ``0..n_s-1``, so every step works on contiguous blocks and its cost follows
+the real tokens. ``gather_steps`` / ``scatter_steps`` convert between the user's padded
+(T, B, F) layout and the compact (S, B, F) one; initial and final states stay in user order
+and are permuted here.
+
+Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
+"""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "fastrnn_cells.h" nogil:
+    void fastrnn_rnn_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, int relu, const float *pre,
+                                   float *h)
+    void fastrnn_rnn_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, int relu, const double *pre,
+                                   double *h)
+    void fastrnn_rnn_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, int relu, const float *h,
+                                   const float *dh, float *dpre)
+    void fastrnn_rnn_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, int relu, const double *h,
+                                   const double *dh, double *dpre)
+    void fastrnn_lstm_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
+                                    const float *c_prev, float *act, float *c, float *h)
+    void fastrnn_lstm_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *pre,
+                                    const double *c_prev, double *act, double *c, double *h)
+    void fastrnn_lstm_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+                                    const float *c_prev, const float *c, const float *dh,
+                                    float *dc, float *dpre)
+    void fastrnn_lstm_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+                                    const double *c_prev, const double *c, const double *dh,
+                                    double *dc, double *dpre)
+    void fastrnn_gru_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *x, const float *hh,
+                                   const float *h_prev, float *act, float *h)
+    void fastrnn_gru_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *x,
+                                   const double *hh, const double *h_prev, double *act,
+                                   double *h)
+    void fastrnn_gru_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+                                   const float *h_prev, const float *dh, float *dx, float *dhh,
+                                   float *dh_prev)
+    void fastrnn_gru_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+                                   const double *h_prev, const double *dh, double *dx,
+                                   double *dhh, double *dh_prev)
+    void fastrnn_grub_rz_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
+                                 const float *h_prev, float *act, float *rh)
+    void fastrnn_grub_rz_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *pre,
+                                 const double *h_prev, double *act, double *rh)
+    void fastrnn_grub_n_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
+                                const float *h_prev, float *act, float *h)
+    void fastrnn_grub_n_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *pre,
+                                const double *h_prev, double *act, double *h)
+    void fastrnn_grub_n_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+                                const float *h_prev, const float *dh, float *dpre,
+                                float *dh_prev)
+    void fastrnn_grub_n_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+                                const double *h_prev, const double *dh, double *dpre,
+                                double *dh_prev)
+    void fastrnn_grub_rz_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+                                 const float *h_prev, const float *drh, float *dpre,
+                                 float *dh_prev)
+    void fastrnn_grub_rz_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+                                 const double *h_prev, const double *drh, double *dpre,
+                                 double *dh_prev)
+    void fastrnn_sigmoid_f32(Py_ssize_t n, const float *x, float *y)
+    void fastrnn_sigmoid_f64(Py_ssize_t n, const double *x, double *y)
+    void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
+    void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
+
+# Cell kinds; fastrnn/_layer.py mirrors these numbers.
+DEF RNN_TANH = 0
+DEF RNN_RELU = 1
+DEF LSTM = 2
+DEF GRU = 3        # "reset after" (PyTorch, cuDNN)
+DEF GRU_B = 4      # "reset before" (Cho et al., the lecture)
+
+CELL_RNN_TANH = RNN_TANH
+CELL_RNN_RELU = RNN_RELU
+CELL_LSTM = LSTM
+CELL_GRU = GRU
+CELL_GRU_B = GRU_B
+
+
+cdef inline int num_gates(int cell) noexcept nogil:
+    if cell == LSTM:
+        return 4
+    if cell == GRU or cell == GRU_B:
+        return 3
+    return 1
+
+
+cdef inline int saved_width(int cell) noexcept nogil:
+    """Columns of saved activations per row, in units of H (see fastrnn_cells.h)."""
+    return 0 if cell == RNN_TANH or cell == RNN_RELU else 4
+
+
+# ---------------------------------------------------------------------------------------
+# BLAS, row-major
+# ---------------------------------------------------------------------------------------
+
+cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+               const floating *a, int lda, const floating *b, int ldb, floating beta,
+               floating *c, int ldc) noexcept nogil:
+    """Row-major C (m, n) := alpha * op(A) @ op(B) + beta * C.
+
+    cython_blas is column-major; a row-major matrix is its column-major transpose, so
+    C^T = op(B)^T op(A)^T is one column-major call with the operands swapped.
+    """
+    if m <= 0 or n <= 0:
+        return
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    if floating is float:
+        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float *> b, &ldb, <float *> a, &lda, &beta,
+              c, &ldc)
+    else:
+        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double *> b, &ldb, <double *> a, &lda, &beta,
+              c, &ldc)
+
+
+cdef inline void recurrent_matmul(int n, int cols, int hsz, const floating *h, int ldh,
+                                  const floating *w, int ldw, floating beta, floating *out,
+                                  int ldout) noexcept nogil:
+    """out (n, cols) := h (n, hsz) @ w (cols, hsz)^T + beta * out.
+
+    The per-step recurrent product. Every step of every cell goes through here, so that a
+    small-batch kernel with packed weights can replace BLAS in one place.
+    """
+    gemm(False, True, n, cols, hsz, <floating> 1, h, ldh, w, ldw, beta, out, ldout)
+
+
+cdef inline void fill_rows(Py_ssize_t rows, Py_ssize_t cols, const floating *v,
+                           floating *out) noexcept nogil:
+    """out (rows, cols) := v broadcast over rows."""
+    cdef Py_ssize_t r
+    for r in range(rows):
+        memcpy(out + r * cols, v, cols * sizeof(floating))
+
+
+cdef inline void add_rows(Py_ssize_t rows, Py_ssize_t cols, const floating *a,
+                          floating *out) noexcept nogil:
+    """out (rows, cols) += a (rows, cols)."""
+    cdef Py_ssize_t k
+    for k in range(rows * cols):
+        out[k] += a[k]
+
+
+cdef void column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ssize_t lda,
+                      floating *out) noexcept nogil:
+    """out (cols,) := sum over rows of a (rows, cols), row stride lda."""
+    cdef Py_ssize_t r, k
+    memset(out, 0, cols * sizeof(floating))
+    for r in range(rows):
+        for k in range(cols):
+            out[k] += a[r * lda + k]
+
+
+cdef inline void zero_saved_rows(int cell, Py_ssize_t s, Py_ssize_t first, Py_ssize_t B,
+                                 Py_ssize_t H, floating[:, :, ::1] hs, floating[:, :, ::1] cs,
+                                 floating[:, :, ::1] acts) noexcept nogil:
+    """Zero what training saved at step s for rows first..B-1 (rows that have finished)."""
+    cdef Py_ssize_t rows = B - first
+    memset(&hs[s + 1, first, 0], 0, rows * H * sizeof(floating))
+    if cell == LSTM:
+        memset(&cs[s + 1, first, 0], 0, rows * H * sizeof(floating))
+    if acts.shape[0] > 0:
+        memset(&acts[s, first, 0], 0, rows * 4 * H * sizeof(floating))
+
+
+cdef inline Py_ssize_t active_rows(Py_ssize_t n, Py_ssize_t s, const int64_t *lengths,
+                                   const int64_t *order) noexcept nogil:
+    """Rows still running at step s, given n at the step before (rows sorted longest first)."""
+    while n > 0 and lengths[order[n - 1]] <= s:
+        n -= 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------
+# Layout conversion
+# ---------------------------------------------------------------------------------------
+
+def gather_steps(const floating[:, :, ::1] src,     # IN  (T, B, F) user layout
+                 const int64_t[::1] lengths,        # IN  (B,) each in [0, T]
+                 const int64_t[::1] order,          # IN  (B,) rows, longest first
+                 bint reverse,
+                 floating[:, :, ::1] dst):          # OUT (S, B, F) compact, zero past length
+    """dst[s, j] = src[t, order[j]] with t = s, or len - 1 - s in reverse; zero past length."""
+    cdef Py_ssize_t S = dst.shape[0], B = dst.shape[1], F = dst.shape[2]
+    cdef Py_ssize_t s, j, t, length
+    with nogil:
+        for s in range(S):
+            for j in range(B):
+                length = lengths[order[j]]
+                if s < length:
+                    t = length - 1 - s if reverse else s
+                    memcpy(&dst[s, j, 0], &src[t, order[j], 0], F * sizeof(floating))
+                else:
+                    memset(&dst[s, j, 0], 0, F * sizeof(floating))
+
+
+def scatter_steps(const floating[:, :, ::1] src,    # IN  (S, B, F) compact
+                  const int64_t[::1] lengths,       # IN  (B,)
+                  const int64_t[::1] order,         # IN  (B,)
+                  bint reverse,
+                  floating[:, :, ::1] dst):         # OUT (T, B, F) user layout, zero past length
+    """The inverse of gather_steps: dst[t, order[j]] = src[s, j]; zero where t >= length."""
+    cdef Py_ssize_t T = dst.shape[0], B = dst.shape[1], F = dst.shape[2]
+    cdef Py_ssize_t s, j, t, b, length
+    with nogil:
+        for j in range(B):
+            b = order[j]
+            length = lengths[b]
+            for t in range(T):
+                if t < length:
+                    s = length - 1 - t if reverse else t
+                    memcpy(&dst[t, b, 0], &src[s, j, 0], F * sizeof(floating))
+                else:
+                    memset(&dst[t, b, 0], 0, F * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------
+
+def forward(int cell,
+            const floating[:, :, ::1] xc,       # IN   (S, B, I) compact input
+            const floating[:, ::1] w_ih,        # IN   (G*H, I)
+            const floating[:, ::1] w_hh,        # IN   (G*H, H)
+            const floating[::1] b_ih,           # IN   (G*H,)
+            const floating[::1] b_hh,           # IN   (G*H,)
+            const floating[:, ::1] h0,          # IN   (B, H) user row order
+            const floating[:, ::1] c0,          # IN   (B, H) LSTM; (0, H) otherwise
+            const int64_t[::1] lengths,         # IN   (B,) each in [0, S]
+            const int64_t[::1] order,           # IN   (B,) rows, longest first
+            floating[:, :, ::1] yc,             # OUT  (S, B, H) compact output, zero past length
+            floating[:, ::1] h_n,               # OUT  (B, H) user row order
+            floating[:, ::1] c_n,               # OUT  (B, H) LSTM; (0, H) otherwise
+            floating[:, ::1] xproj,             # WORK (S*B, G*H)
+            floating[:, :, ::1] hs,             # OUT/WORK (NH, B, H): NH = S+1 keeps every
+                                                #      state for backward, NH = 2 ping-pongs
+            floating[:, :, ::1] cs,             # OUT/WORK (NH, B, H) LSTM; (0, 0, H) otherwise
+            floating[:, :, ::1] acts,           # OUT/WORK (NA, B, 4H): NA = S keeps activations
+                                                #      for backward; NA = 1 is GRU_B's scratch;
+                                                #      (0, B, 4H) for inference otherwise
+            floating[:, ::1] work):             # WORK (B, 3H) GRU: recurrent part; GRU_B: rh
+    """Run one layer in one direction over a compact sequence.
+
+    Training mode (hs.shape[0] == S + 1) leaves in hs, cs and acts what backward needs:
+    hs[s] is the state before step s; rows past a sequence's end are zero.
+    """
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], H = w_hh.shape[1]
+    cdef int G = num_gates(cell)
+    cdef Py_ssize_t GH = G * H
+    cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
+    cdef bint training = NH == S + 1 and S > 0
+    cdef bint relu = cell == RNN_RELU
+    cdef Py_ssize_t s, j, n = B, r, steps = 0
+    cdef floating *pre
+    cdef floating *hp
+    cdef floating *hn
+    cdef floating *cp = NULL
+    cdef floating *cn = NULL
+    cdef floating *act = NULL
+    if B == 0:
+        return
+    with nogil:
+        # initial state, permuted to compact row order
+        for j in range(B):
+            memcpy(&hs[0, j, 0], &h0[order[j], 0], H * sizeof(floating))
+            if cell == LSTM:
+                memcpy(&cs[0, j, 0], &c0[order[j], 0], H * sizeof(floating))
+        if S > 0:
+            # (1) input projection of every step at once. Biases fold into it where they
+            # add; GRU keeps b_hh apart, since r multiplies its n block (A2).
+            for r in range(GH):
+                xproj[0, r] = b_ih[r] + (b_hh[r] if cell != GRU else <floating> 0)
+            fill_rows(S * B - 1, GH, &xproj[0, 0], &xproj[1, 0])
+            gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, &xc[0, 0, 0],
+                 <int> I, &w_ih[0, 0], <int> I, <floating> 1, &xproj[0, 0], <int> GH)
+        for s in range(S):
+            n = active_rows(n, s, &lengths[0], &order[0])
+            if n == 0:
+                break
+            pre = &xproj[s * B, 0]
+            hp = &hs[s % NH, 0, 0]
+            hn = &hs[(s + 1) % NH, 0, 0]
+            if training:
+                act = &acts[s, 0, 0] if NA > 0 else NULL
+            elif cell == GRU_B:
+                act = &acts[0, 0, 0]
+            else:
+                act = NULL
+            # (2) the recurrent product and the step's gate math
+            if cell == RNN_TANH or cell == RNN_RELU:
+                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
+                                 <floating> 1, pre, <int> GH)
+                if floating is float:
+                    fastrnn_rnn_gates_fwd_f32(n, H, relu, pre, hn)
+                else:
+                    fastrnn_rnn_gates_fwd_f64(n, H, relu, pre, hn)
+            elif cell == LSTM:
+                cp = &cs[s % NH, 0, 0]
+                cn = &cs[(s + 1) % NH, 0, 0]
+                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
+                                 <floating> 1, pre, <int> GH)
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hn)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hn)
+            elif cell == GRU:
+                fill_rows(n, GH, &b_hh[0], &work[0, 0])
+                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
+                                 <floating> 1, &work[0, 0], <int> GH)
+                if floating is float:
+                    fastrnn_gru_gates_fwd_f32(n, H, pre, &work[0, 0], hp, act, hn)
+                else:
+                    fastrnn_gru_gates_fwd_f64(n, H, pre, &work[0, 0], hp, act, hn)
+            else:  # GRU_B: (B1) needs r before the n-gate's product can start
+                recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, &w_hh[0, 0],
+                                 <int> H, <floating> 1, pre, <int> GH)
+                if floating is float:
+                    fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, &work[0, 0])
+                else:
+                    fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, &work[0, 0])
+                recurrent_matmul(<int> n, <int> H, <int> H, &work[0, 0], <int> H,
+                                 &w_hh[2 * H, 0], <int> H, <floating> 1, pre + 2 * H, <int> GH)
+                if floating is float:
+                    fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
+                else:
+                    fastrnn_grub_n_fwd_f64(n, H, pre, hp, act, hn)
+            memcpy(&yc[s, 0, 0], hn, n * H * sizeof(floating))
+            if n < B:
+                memset(&yc[s, n, 0], 0, (B - n) * H * sizeof(floating))
+                if training:  # finished rows must not feed garbage to backward's GEMMs
+                    zero_saved_rows(cell, s, n, B, H, hs, cs, acts)
+            steps = s + 1
+        # steps after every row has finished
+        for s in range(steps, S):
+            memset(&yc[s, 0, 0], 0, B * H * sizeof(floating))
+            if training:
+                zero_saved_rows(cell, s, 0, B, H, hs, cs, acts)
+        # final state of each row: the state after its own last step
+        for j in range(B):
+            r = lengths[order[j]] % NH
+            memcpy(&h_n[order[j], 0], &hs[r, j, 0], H * sizeof(floating))
+            if cell == LSTM:
+                memcpy(&c_n[order[j], 0], &cs[r, j, 0], H * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------------------
+# Backward through time
+# ---------------------------------------------------------------------------------------
+
+def backward(int cell,
+             const floating[:, :, ::1] xc,      # IN   (S, B, I) compact input of forward
+             const floating[:, ::1] w_ih,       # IN   (G*H, I)
+             const floating[:, ::1] w_hh,       # IN   (G*H, H)
+             const int64_t[::1] lengths,        # IN   (B,)
+             const int64_t[::1] order,          # IN   (B,)
+             const floating[:, :, ::1] hs,      # IN   (S+1, B, H) from forward (training)
+             const floating[:, :, ::1] cs,      # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
+             const floating[:, :, ::1] acts,    # IN   (S, B, 4H); (0, B, 4H) for RNN
+             const floating[:, :, ::1] dyc,     # IN   (S, B, H) compact dL/dy, zero past length
+             const floating[:, ::1] dh_n,       # IN   (B, H) user order
+             const floating[:, ::1] dc_n,       # IN   (B, H) LSTM; (0, H) otherwise
+             floating[:, :, ::1] dxc,           # OUT  (S, B, I) compact dL/dx
+             floating[:, ::1] dh0,              # OUT  (B, H) user order
+             floating[:, ::1] dc0,              # OUT  (B, H) LSTM; (0, H) otherwise
+             floating[:, ::1] dw_ih,            # OUT  (G*H, I)
+             floating[:, ::1] dw_hh,            # OUT  (G*H, H)
+             floating[::1] db_ih,               # OUT  (G*H,)
+             floating[::1] db_hh,               # OUT  (G*H,)
+             floating[:, ::1] dgx,              # WORK (S*B, G*H) gate gradients, input side
+             floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
+             floating[:, ::1] work):            # WORK (3B, H) dh, dc, dh_prev / drh
+    """Backpropagation through time of one forward() call made in training mode.
+
+    Steps run from the last down to 0 on the rows still running there; a row's state
+    gradient passes through its padded steps untouched. After the loop, whole-sequence GEMMs
+    give the weight, bias and input gradients (rows past a sequence's end hold zero
+    gate gradients, so they add nothing).
+    """
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], H = w_hh.shape[1]
+    cdef int G = num_gates(cell)
+    cdef Py_ssize_t GH = G * H, SB = S * B
+    cdef bint relu = cell == RNN_RELU
+    cdef Py_ssize_t s, j, n
+    cdef floating *dh = &work[0, 0]
+    cdef floating *dc = &work[B, 0]
+    cdef floating *tmp = &work[2 * B, 0]
+    cdef floating *dg
+    cdef floating *hp
+    cdef const floating *gh_src
+    with nogil:
+        memset(&dw_ih[0, 0], 0, GH * I * sizeof(floating))
+        memset(&dw_hh[0, 0], 0, GH * H * sizeof(floating))
+        memset(&db_ih[0], 0, GH * sizeof(floating))
+        memset(&db_hh[0], 0, GH * sizeof(floating))
+        if B > 0:
+            for j in range(B):
+                memcpy(dh + j * H, &dh_n[order[j], 0], H * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(dc + j * H, &dc_n[order[j], 0], H * sizeof(floating))
+            n = 0
+            for s in range(S - 1, -1, -1):
+                # rows running at step s: those with length > s (a prefix, longest first)
+                while n < B and lengths[order[n]] > s:
+                    n += 1
+                dg = &dgx[s * B, 0]
+                if n < B:
+                    memset(dg + n * GH, 0, (B - n) * GH * sizeof(floating))
+                    if cell == GRU:
+                        memset(&dgh[s * B + n, 0], 0, (B - n) * GH * sizeof(floating))
+                if n == 0:
+                    continue
+                add_rows(n, H, &dyc[s, 0, 0], dh)
+                hp = <floating *> &hs[s, 0, 0]
+                if cell == RNN_TANH or cell == RNN_RELU:
+                    if floating is float:
+                        fastrnn_rnn_gates_bwd_f32(n, H, relu, &hs[s + 1, 0, 0], dh, dg)
+                    else:
+                        fastrnn_rnn_gates_bwd_f64(n, H, relu, &hs[s + 1, 0, 0], dh, dg)
+                    # dh_prev = dpre W_hh
+                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, dg, <int> GH,
+                         &w_hh[0, 0], <int> H, <floating> 0, dh, <int> H)
+                elif cell == LSTM:
+                    if floating is float:
+                        fastrnn_lstm_gates_bwd_f32(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
+                                                   &cs[s + 1, 0, 0], dh, dc, dg)
+                    else:
+                        fastrnn_lstm_gates_bwd_f64(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
+                                                   &cs[s + 1, 0, 0], dh, dc, dg)
+                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, dg, <int> GH,
+                         &w_hh[0, 0], <int> H, <floating> 0, dh, <int> H)
+                elif cell == GRU:
+                    if floating is float:
+                        fastrnn_gru_gates_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
+                                                  tmp)
+                    else:
+                        fastrnn_gru_gates_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
+                                                  tmp)
+                    # (A1)-(A2) through hh = W_hh h_prev + b_hh
+                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, &dgh[s * B, 0],
+                         <int> GH, &w_hh[0, 0], <int> H, <floating> 1, tmp, <int> H)
+                    memcpy(dh, tmp, n * H * sizeof(floating))
+                else:  # GRU_B
+                    if floating is float:
+                        fastrnn_grub_n_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
+                    else:
+                        fastrnn_grub_n_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
+                    # (B2): d rh = d a_n W_hn, into dh (free now)
+                    gemm(False, False, <int> n, <int> H, <int> H, <floating> 1, dg + 2 * H,
+                         <int> GH, &w_hh[2 * H, 0], <int> H, <floating> 0, dh, <int> H)
+                    if floating is float:
+                        fastrnn_grub_rz_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
+                    else:
+                        fastrnn_grub_rz_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
+                    # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
+                    gemm(False, False, <int> n, <int> H, <int> (2 * H), <floating> 1, dg, <int> GH,
+                         &w_hh[0, 0], <int> H, <floating> 1, tmp, <int> H)
+                    memcpy(dh, tmp, n * H * sizeof(floating))
+            for j in range(B):
+                memcpy(&dh0[order[j], 0], dh + j * H, H * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(&dc0[order[j], 0], dc + j * H, H * sizeof(floating))
+            if S > 0:
+                # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
+                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, &dgx[0, 0], <int> GH,
+                     &xc[0, 0, 0], <int> I, <floating> 0, &dw_ih[0, 0], <int> I)
+                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, &dgx[0, 0], <int> GH,
+                     &w_ih[0, 0], <int> I, <floating> 0, &dxc[0, 0, 0], <int> I)
+                column_sums(SB, GH, &dgx[0, 0], GH, &db_ih[0])
+                # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
+                if cell == GRU:
+                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgh[0, 0], <int> GH,
+                         &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
+                    column_sums(SB, GH, &dgh[0, 0], GH, &db_hh[0])
+                elif cell == GRU_B:
+                    # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
+                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, &dgx[0, 0],
+                         <int> GH, &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
+                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, &dgx[0, 2 * H],
+                         <int> GH, &acts[0, 0, 3 * H], <int> (4 * H), <floating> 0, &dw_hh[2 * H, 0],
+                         <int> H)
+                    memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
+                else:
+                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgx[0, 0], <int> GH,
+                         &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
+                    memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise activations (exposed for the accuracy tests)
+# ---------------------------------------------------------------------------------------
+
+def sigmoid(const floating[::1] x, floating[::1] out):
+    """out := sigmoid(x) with the kernels' own implementation."""
+    with nogil:
+        if floating is float:
+            fastrnn_sigmoid_f32(x.shape[0], &x[0], &out[0])
+        else:
+            fastrnn_sigmoid_f64(x.shape[0], &x[0], &out[0])
+
+
+def tanh(const floating[::1] x, floating[::1] out):
+    """out := tanh(x) with the kernels' own implementation."""
+    with nogil:
+        if floating is float:
+            fastrnn_tanh_f32(x.shape[0], &x[0], &out[0])
+        else:
+            fastrnn_tanh_f64(x.shape[0], &x[0], &out[0])

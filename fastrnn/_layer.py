@@ -1,0 +1,165 @@
+"""One recurrent layer in one direction: allocation and layout around the compiled loops.
+
+Everything here receives arrays that ``_validate`` has already checked and converted
+(C-contiguous, the model's dtype, lengths as int64 within range). It allocates outputs and
+workspaces, converts between the user's padded layout and the kernels' compact one, and
+calls ``_kernels``; it does no arithmetic of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+
+CELL_CODES = {
+    "rnn_tanh": _kernels.CELL_RNN_TANH,
+    "rnn_relu": _kernels.CELL_RNN_RELU,
+    "lstm": _kernels.CELL_LSTM,
+    "gru": _kernels.CELL_GRU,
+    "gru_reset_before": _kernels.CELL_GRU_B,
+}
+NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
+
+
+@dataclass
+class LayerWeights:
+    """One direction of one layer, in PyTorch's layout."""
+
+    w_ih: np.ndarray  # (G*H, I)
+    w_hh: np.ndarray  # (G*H, H)
+    b_ih: np.ndarray  # (G*H,)
+    b_hh: np.ndarray  # (G*H,)
+
+
+@dataclass
+class Tape:
+    """What a training forward pass keeps for its backward pass."""
+
+    cell: str
+    weights: LayerWeights
+    xc: np.ndarray  # (S, B, I) compact input
+    hs: np.ndarray  # (S+1, B, H) state before each step
+    cs: np.ndarray  # (S+1, B, H) LSTM cell state; empty otherwise
+    acts: np.ndarray  # (S, B, 4H) saved gate activations; empty for RNN
+    lengths: np.ndarray  # (B,) int64
+    order: np.ndarray  # (B,) int64, longest first
+    reverse: bool
+    identity: bool  # compact layout == user layout (forward, no lengths)
+    T: int
+
+
+def _layout(T: int, B: int, lengths: np.ndarray | None, reverse: bool):
+    """Row order, lengths, compact step count and whether compact == user layout."""
+    if lengths is None:
+        lens = np.full(B, T, dtype=np.int64)
+        order = np.arange(B, dtype=np.int64)
+        return lens, order, T, not reverse
+    order = np.argsort(-lengths, kind="stable").astype(np.int64)
+    S = int(lengths.max()) if B else 0
+    return lengths, order, S, False
+
+
+def forward(
+    cell: str,
+    weights: LayerWeights,
+    x: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    lengths: np.ndarray | None,
+    reverse: bool,
+    training: bool,
+):
+    """Run one layer-direction. Returns (y (T,B,H), h_n (B,H), c_n (B,H) or None, tape or None)."""
+    T, B, _ = x.shape
+    H = weights.w_hh.shape[1]
+    G = NUM_GATES[cell]
+    dtype = x.dtype
+    code = CELL_CODES[cell]
+    is_lstm = cell == "lstm"
+    lens, order, S, identity = _layout(T, B, lengths, reverse)
+
+    if identity:
+        xc = x
+    else:
+        xc = np.empty((S, B, x.shape[2]), dtype)
+        _kernels.gather_steps(x, lens, order, reverse, xc)
+    yc = np.empty((S, B, H), dtype)
+    h_n = np.empty((B, H), dtype)
+    c_n = np.empty((B, H), dtype) if is_lstm else np.empty((0, H), dtype)
+    c0_arr = c0 if is_lstm else np.empty((0, H), dtype)
+    xproj = np.empty((S * B, G * H), dtype)
+    n_states = S + 1 if training else 2
+    hs = np.empty((n_states, B, H), dtype)
+    cs = np.empty((n_states, B, H), dtype) if is_lstm else np.empty((0, 0, H), dtype)
+    if cell in ("rnn_tanh", "rnn_relu"):
+        n_acts = 0
+    elif training:
+        n_acts = S
+    else:
+        n_acts = 1 if cell == "gru_reset_before" else 0
+    acts = np.empty((n_acts, B, 4 * H), dtype)
+    work = np.empty((B, 3 * H), dtype)
+
+    _kernels.forward(
+        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, h0, c0_arr,
+        lens, order, yc, h_n, c_n, xproj, hs, cs, acts, work,
+    )  # fmt: skip
+
+    if identity:
+        y = yc
+    else:
+        y = np.empty((T, B, H), dtype)
+        _kernels.scatter_steps(yc, lens, order, reverse, y)
+    tape = None
+    if training:
+        tape = Tape(cell, weights, xc, hs, cs, acts, lens, order, reverse, identity, T)
+    return y, h_n, (c_n if is_lstm else None), tape
+
+
+def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | None):
+    """Gradients of one layer-direction from its tape.
+
+    Returns (dx (T,B,I), dh0 (B,H), dc0 (B,H) or None, dict of dw_ih, dw_hh, db_ih, db_hh).
+    """
+    w = tape.weights
+    S, B, I = tape.xc.shape
+    H = w.w_hh.shape[1]
+    G = NUM_GATES[tape.cell]
+    dtype = tape.xc.dtype
+    is_lstm = tape.cell == "lstm"
+
+    if tape.identity:
+        dyc = dy
+    else:
+        dyc = np.empty((S, B, H), dtype)
+        _kernels.gather_steps(dy, tape.lengths, tape.order, tape.reverse, dyc)
+    dc_n_arr = dc_n if is_lstm else np.empty((0, H), dtype)
+    dxc = np.empty((S, B, I), dtype)
+    dh0 = np.empty((B, H), dtype)
+    dc0 = np.empty((B, H), dtype) if is_lstm else np.empty((0, H), dtype)
+    grads = {
+        "weight_ih": np.empty_like(w.w_ih),
+        "weight_hh": np.empty_like(w.w_hh),
+        "bias_ih": np.empty_like(w.b_ih),
+        "bias_hh": np.empty_like(w.b_hh),
+    }
+    dgx = np.empty((S * B, G * H), dtype)
+    dgh = np.empty((S * B if tape.cell == "gru" else 0, G * H), dtype)
+    work = np.empty((3 * B, H), dtype)
+
+    _kernels.backward(
+        CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, tape.lengths, tape.order,
+        tape.hs, tape.cs, tape.acts, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
+        grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
+        dgx, dgh, work,
+    )  # fmt: skip
+
+    if tape.identity:
+        dx = dxc
+    else:
+        dx = np.empty((tape.T, B, I), dtype)
+        _kernels.scatter_steps(dxc, tape.lengths, tape.order, tape.reverse, dx)
+    return dx, dh0, (dc0 if is_lstm else None), grads
