@@ -525,3 +525,24 @@ def tanh(const floating[::1] x, floating[::1] out):
             fastrnn_tanh_f32(x.shape[0], &x[0], &out[0])
         else:
             fastrnn_tanh_f64(x.shape[0], &x[0], &out[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Small whole-array helpers for the model layer
+# ---------------------------------------------------------------------------------------
+
+def multiply(const floating[::1] a,             # IN  (n,)
+             const floating[::1] b,             # IN  (n,)
+             floating[::1] out):                # OUT (n,) may be a
+    """out := a * b (dropout: b holds 0 or 1 / (1 - p))."""
+    cdef Py_ssize_t k
+    with nogil:
+        for k in range(out.shape[0]):
+            out[k] = a[k] * b[k]
+
+
+def add_into(const floating[::1] a,             # IN  (n,)
+             floating[::1] out):                # IN/OUT (n,)
+    """out += a (summing the input gradients of two directions)."""
+    with nogil:
+        add_rows(1, out.shape[0], &a[0], &out[0])

@@ -71,8 +71,17 @@ def forward(
     lengths: np.ndarray | None,
     reverse: bool,
     training: bool,
+    h_n: np.ndarray | None = None,
+    c_n: np.ndarray | None = None,
+    ws: dict | None = None,
 ):
-    """Run one layer-direction. Returns (y (T,B,H), h_n (B,H), c_n (B,H) or None, tape or None)."""
+    """Run one layer-direction. Returns (y (T,B,H), h_n (B,H), c_n (B,H) or None, tape or None).
+
+    h_n and c_n, when given, receive the final state (they may be h0 and c0 themselves: the
+    kernel reads the initial state before it writes the final one). `ws`, a dict kept by the
+    caller, lends inference workspaces from one call to the next (streaming), so that a
+    steady stream of same-shaped chunks allocates nothing.
+    """
     T, B, _ = x.shape
     H = weights.w_hh.shape[1]
     G = NUM_GATES[cell]
@@ -81,37 +90,48 @@ def forward(
     is_lstm = cell == "lstm"
     lens, order, S, identity = _layout(T, B, lengths, reverse)
 
+    def buffer(key, shape):
+        if ws is None:
+            return np.empty(shape, dtype)
+        arr = ws.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = ws[key] = np.empty(shape, dtype)
+        return arr
+
     if identity:
         xc = x
     else:
-        xc = np.empty((S, B, x.shape[2]), dtype)
+        xc = buffer("xc", (S, B, x.shape[2]))
         _kernels.gather_steps(x, lens, order, reverse, xc)
-    yc = np.empty((S, B, H), dtype)
-    h_n = np.empty((B, H), dtype)
-    c_n = np.empty((B, H), dtype) if is_lstm else np.empty((0, H), dtype)
-    c0_arr = c0 if is_lstm else np.empty((0, H), dtype)
-    xproj = np.empty((S * B, G * H), dtype)
+    yc = buffer("yc", (S, B, H))
+    if h_n is None:
+        h_n = np.empty((B, H), dtype)
+    if not is_lstm:
+        c_n = c0 = np.empty((0, H), dtype)
+    elif c_n is None:
+        c_n = np.empty((B, H), dtype)
+    xproj = buffer("xproj", (S * B, G * H))
     n_states = S + 1 if training else 2
-    hs = np.empty((n_states, B, H), dtype)
-    cs = np.empty((n_states, B, H), dtype) if is_lstm else np.empty((0, 0, H), dtype)
+    hs = buffer("hs", (n_states, B, H))
+    cs = buffer("cs", (n_states, B, H)) if is_lstm else np.empty((0, 0, H), dtype)
     if cell in ("rnn_tanh", "rnn_relu"):
         n_acts = 0
     elif training:
         n_acts = S
     else:
         n_acts = 1 if cell == "gru_reset_before" else 0
-    acts = np.empty((n_acts, B, 4 * H), dtype)
-    work = np.empty((B, 3 * H), dtype)
+    acts = buffer("acts", (n_acts, B, 4 * H))
+    work = buffer("work", (B, 3 * H))
 
     _kernels.forward(
-        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, h0, c0_arr,
+        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, h0, c0,
         lens, order, yc, h_n, c_n, xproj, hs, cs, acts, work,
     )  # fmt: skip
 
     if identity:
         y = yc
     else:
-        y = np.empty((T, B, H), dtype)
+        y = buffer("y", (T, B, H))
         _kernels.scatter_steps(yc, lens, order, reverse, y)
     tape = None
     if training:

@@ -1,0 +1,385 @@
+"""RNN, LSTM and GRU models: PyTorch's constructors, parameter names and semantics.
+
+A model holds its parameters in PyTorch's state_dict layout and composes the compiled
+layers of ``_layer`` over layers and directions. It does no arithmetic of its own: the
+dropout product and the sum of the two directions' input gradients are kernels too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _kernels, _layer, _validate
+
+
+@dataclass
+class Gradients:
+    """Gradients of a loss with respect to a forward_train call's inputs and parameters.
+
+    x has the input's shape; h0 (and c0 for LSTM) the initial state's; params is keyed like
+    state_dict().
+    """
+
+    x: np.ndarray
+    h0: np.ndarray
+    c0: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+
+
+class RecurrentModel:
+    """Shared machinery of RNN, LSTM and GRU (use those classes)."""
+
+    _gate_count = 1
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        *,
+        dtype=np.float32,
+        seed=None,
+    ):
+        self.input_size = _validate.positive_int("input_size", input_size)
+        self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
+        self.num_layers = _validate.positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = _validate.probability("dropout", dropout)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = _validate.dtype_arg(dtype)
+        init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+        self._dropout_rng = np.random.default_rng(dropout_seq)
+        self._params: dict[str, np.ndarray] = {}
+        self._zero_bias = np.zeros(self._gate_count * self.hidden_size, self.dtype)
+        self.reset_parameters(np.random.default_rng(init_seq))
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _cell(self) -> str:
+        raise NotImplementedError
+
+    def _config(self) -> dict:
+        """Constructor arguments, for repr, save and to_torch."""
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": self.batch_first,
+            "dropout": self.dropout,
+            "bidirectional": self.bidirectional,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args}, dtype={self.dtype.name})"
+
+    # -- parameters ----------------------------------------------------------------------
+
+    def _param_shapes(self) -> dict[str, tuple]:
+        """Names and shapes in PyTorch's state_dict order."""
+        GH, H = self._gate_count * self.hidden_size, self.hidden_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            layer_in = self.input_size if layer == 0 else self.num_directions * H
+            for sfx in ("", "_reverse")[: self.num_directions]:
+                shapes[f"weight_ih_l{layer}{sfx}"] = (GH, layer_in)
+                shapes[f"weight_hh_l{layer}{sfx}"] = (GH, H)
+                if self.bias:
+                    shapes[f"bias_ih_l{layer}{sfx}"] = (GH,)
+                    shapes[f"bias_hh_l{layer}{sfx}"] = (GH,)
+        return shapes
+
+    def reset_parameters(self, rng=None) -> None:
+        """PyTorch's initialisation: every parameter uniform in +-1/sqrt(hidden_size)."""
+        rng = np.random.default_rng(rng)
+        k = 1.0 / np.sqrt(self.hidden_size)
+        self._params = {
+            name: rng.uniform(-k, k, size=shape).astype(self.dtype)
+            for name, shape in self._param_shapes().items()
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, keyed and shaped as PyTorch's state_dict()."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Replace parameters from a mapping of NumPy arrays or torch tensors.
+
+        Values are converted to the model's dtype. With strict, the keys must match
+        exactly; otherwise missing keys keep their values and unknown keys raise.
+        """
+        shapes = self._param_shapes()
+        unknown = sorted(set(state_dict) - set(shapes))
+        missing = sorted(set(shapes) - set(state_dict))
+        if unknown or (strict and missing):
+            raise KeyError(
+                f"state_dict does not match {type(self).__name__}: "
+                f"unexpected keys {unknown}, missing keys {missing if strict else []}"
+            )
+        new = {
+            name: _validate.parameter(name, state_dict[name], shapes[name], self.dtype)
+            for name in shapes
+            if name in state_dict
+        }
+        self._params.update(new)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The live parameter arrays (for optimisers that update them in place)."""
+        return self._params
+
+    def _weights(self, layer: int, direction: int) -> _layer.LayerWeights:
+        sfx = "_reverse" if direction else ""
+        p = self._params
+        return _layer.LayerWeights(
+            p[f"weight_ih_l{layer}{sfx}"],
+            p[f"weight_hh_l{layer}{sfx}"],
+            p.get(f"bias_ih_l{layer}{sfx}", self._zero_bias),
+            p.get(f"bias_hh_l{layer}{sfx}", self._zero_bias),
+        )
+
+    # -- forward -------------------------------------------------------------------------
+
+    def _state_shape(self, batch: int) -> tuple:
+        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+
+    def _initial_state(self, hx, batch: int, batched: bool):
+        """(h0, c0) as (L*D, B, H) arrays; c0 is None except for LSTM."""
+        shape = self._state_shape(batch)
+        if hx is None:
+            return np.zeros(shape, self.dtype), None
+        return _validate.state("h0", hx, shape, batched, self.dtype), None
+
+    def _present_state(self, h, c, batched):
+        return h if batched else h[:, 0, :]
+
+    def _present_sequence(self, y, batched):
+        if not batched:
+            return y[:, 0, :]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    def _run(self, x, hx, lengths, training):
+        xs, batched = _validate.sequence(x, self.input_size, self.batch_first, self.dtype)
+        T, B, _ = xs.shape
+        lens = _validate.lengths(lengths, B, T)
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        _validate.blas_sizes(T, B, (max(self.input_size, D * H), self._gate_count * H))
+        h0, c0 = self._initial_state(hx, B, batched)
+        if training and np.may_share_memory(xs, x):
+            xs = xs.copy()  # backward reads it: the caller may reuse its buffer meanwhile
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if c0 is not None else None
+        tapes, masks = [], []
+        layer_in = xs
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                y, _, _, tape = _layer.forward(
+                    self._cell, self._weights(layer, d), layer_in, h0[k],
+                    None if c0 is None else c0[k], lens, bool(d), training,
+                    h_n=h_n[k], c_n=None if c_n is None else c_n[k],
+                )  # fmt: skip
+                outs.append(y)
+                tapes.append(tape)
+            layer_out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            if training and self.dropout > 0.0 and layer < L - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._dropout_rng.random(layer_out.shape) < keep) / keep
+                mask = mask.astype(self.dtype)
+                _kernels.multiply(layer_out.reshape(-1), mask.reshape(-1), layer_out.reshape(-1))
+                masks.append(mask)
+            layer_in = layer_out
+        run = (T, B, batched, lens, tapes, masks)
+        return layer_in, h_n, c_n, run
+
+    def __call__(self, x, h0=None, lengths=None):
+        """Inference. x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
+
+        Returns y (T, B, D*H) and h_n (num_layers*D, B, H); LSTM returns (h_n, c_n).
+        With lengths, row b runs for lengths[b] steps: its outputs past that are zero and
+        its final state is the state after its last step (its initial state if 0).
+        """
+        y, h_n, c_n, (_, _, batched, _, _, _) = self._run(x, h0, lengths, training=False)
+        return self._present_sequence(y, batched), self._present_state(h_n, c_n, batched)
+
+    forward = __call__
+
+    def forward_train(self, x, h0=None, lengths=None):
+        """Forward pass that keeps what backpropagation needs.
+
+        Returns (y, h_n, backward) (LSTM: (y, (h_n, c_n), backward)); backward(dy, dh_n=None)
+        returns Gradients. Each call owns its saved state, so several passes may be in
+        flight at once, and backward may be called more than once.
+        """
+        y, h_n, c_n, run = self._run(x, h0, lengths, training=True)
+        batched = run[2]
+
+        def backward(dy, dh_n=None):
+            return self._backward(run, dy, dh_n)
+
+        return (
+            self._present_sequence(y, batched),
+            self._present_state(h_n, c_n, batched),
+            backward,
+        )
+
+    # -- backward ------------------------------------------------------------------------
+
+    def _final_state_grads(self, dh_n, batch, batched):
+        shape = self._state_shape(batch)
+        if dh_n is None:
+            return np.zeros(shape, self.dtype), None
+        return _validate.state("dh_n", dh_n, shape, batched, self.dtype), None
+
+    def _backward(self, run, dy, dh_n):
+        T, B, batched, lens, tapes, masks = run
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        out_shape = (T, B, D * H)
+        if dy is None:
+            g = np.zeros(out_shape, self.dtype)
+        else:
+            shown = out_shape if not self.batch_first else (B, T, D * H)
+            if not batched:
+                shown = (T, D * H)
+            g = _validate.gradient("dy", dy, shown, self.dtype)
+            if not batched:
+                g = g[:, None, :]
+            elif self.batch_first:
+                g = g.transpose(1, 0, 2)
+            g = np.ascontiguousarray(g)
+        dh, dc = self._final_state_grads(dh_n, B, batched)
+        dh0 = np.empty_like(dh)
+        dc0 = np.empty_like(dc) if dc is not None else None
+        params = {}
+        for layer in reversed(range(L)):
+            if layer < L - 1 and masks:
+                g = g.copy()
+                _kernels.multiply(g.reshape(-1), masks[layer].reshape(-1), g.reshape(-1))
+            dx_layer = None
+            for d in range(D):
+                k = layer * D + d
+                dy_d = g if D == 1 else np.ascontiguousarray(g[:, :, d * H : (d + 1) * H])
+                dx, dh0_k, dc0_k, grads = _layer.backward(
+                    tapes[k], dy_d, dh[k], None if dc is None else dc[k]
+                )
+                dh0[k] = dh0_k
+                if dc0 is not None:
+                    dc0[k] = dc0_k
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                for name, value in grads.items():
+                    if name.startswith("bias") and not self.bias:
+                        continue
+                    params[name + sfx] = value
+                if dx_layer is None:
+                    dx_layer = dx
+                else:
+                    _kernels.add_into(dx.reshape(-1), dx_layer.reshape(-1))
+            g = dx_layer
+        params = {name: params[name] for name in self._param_shapes()}
+        return Gradients(
+            x=self._present_sequence(g, batched),
+            h0=self._present_state(dh0, None, batched),
+            c0=None if dc0 is None else self._present_state(dc0, None, batched),
+            params=params,
+        )
+
+
+class RNN(RecurrentModel):
+    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
+
+    _gate_count = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
+                 seed=None):  # fmt: skip
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)  # fmt: skip
+
+    @property
+    def _cell(self) -> str:
+        return "rnn_" + self.nonlinearity
+
+    def _config(self) -> dict:
+        return {**super()._config(), "nonlinearity": self.nonlinearity}
+
+
+class GRU(RecurrentModel):
+    """Gated recurrent unit, gates r, z, n; h_t = (1 - z) * n + z * h_{t-1}.
+
+    reset_after=True is PyTorch's and cuDNN's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
+    reset_after=False is Cho et al.'s, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Both
+    keep PyTorch's parameter layout.
+    """
+
+    _gate_count = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, reset_after=True, dtype=np.float32,
+                 seed=None):  # fmt: skip
+        self.reset_after = bool(reset_after)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)  # fmt: skip
+
+    @property
+    def _cell(self) -> str:
+        return "gru" if self.reset_after else "gru_reset_before"
+
+    def _config(self) -> dict:
+        return {**super()._config(), "reset_after": self.reset_after}
+
+
+class LSTM(RecurrentModel):
+    """Long short-term memory, gates i, f, g, o; c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t)."""
+
+    _gate_count = 4
+
+    @property
+    def _cell(self) -> str:
+        return "lstm"
+
+    def _initial_state(self, hx, batch, batched):
+        shape = self._state_shape(batch)
+        if hx is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LSTM's initial state must be a pair (h0, c0), got {type(hx).__name__}")
+        return (
+            _validate.state("h0", hx[0], shape, batched, self.dtype),
+            _validate.state("c0", hx[1], shape, batched, self.dtype),
+        )
+
+    def _present_state(self, h, c, batched):
+        if c is None:  # a gradient of one state alone
+            return h if batched else h[:, 0, :]
+        return (h, c) if batched else (h[:, 0, :], c[:, 0, :])
+
+    def _final_state_grads(self, dh_n, batch, batched):
+        shape = self._state_shape(batch)
+        if dh_n is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if isinstance(dh_n, (tuple, list)):
+            if len(dh_n) != 2:
+                raise TypeError("LSTM's dh_n must be an array or a pair (dh_n, dc_n)")
+            dh, dc = dh_n
+        else:
+            dh, dc = dh_n, None
+        dh = _validate.state("dh_n", dh, shape, batched, self.dtype)
+        if dc is None:
+            return dh, np.zeros(shape, self.dtype)
+        return dh, _validate.state("dc_n", dc, shape, batched, self.dtype)
