@@ -4,7 +4,19 @@ Models mirror torch.nn.RNN / LSTM / GRU: the same constructor arguments, paramet
 shapes and gate order, and the same numbers.
 """
 
+from ._io import load, save
 from ._models import GRU, LSTM, RNN, Gradients, RecurrentModel
+from ._torch import from_torch, to_torch
 
-__all__ = ["GRU", "LSTM", "RNN", "Gradients", "RecurrentModel"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Gradients",
+    "RecurrentModel",
+    "from_torch",
+    "load",
+    "save",
+    "to_torch",
+]
 __version__ = "0.1.0"

@@ -172,15 +172,18 @@ cdef void column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ss
 
 
 cdef inline void zero_saved_rows(int cell, Py_ssize_t s, Py_ssize_t first, Py_ssize_t B,
-                                 Py_ssize_t H, floating[:, :, ::1] hs, floating[:, :, ::1] cs,
-                                 floating[:, :, ::1] acts) noexcept nogil:
+                                 Py_ssize_t H, Py_ssize_t P, floating[:, :, ::1] hs,
+                                 floating[:, :, ::1] cs, floating[:, :, ::1] acts,
+                                 floating[:, :, ::1] hraw) noexcept nogil:
     """Zero what training saved at step s for rows first..B-1 (rows that have finished)."""
     cdef Py_ssize_t rows = B - first
-    memset(&hs[s + 1, first, 0], 0, rows * H * sizeof(floating))
+    memset(&hs[s + 1, first, 0], 0, rows * P * sizeof(floating))
     if cell == LSTM:
         memset(&cs[s + 1, first, 0], 0, rows * H * sizeof(floating))
     if acts.shape[0] > 0:
         memset(&acts[s, first, 0], 0, rows * 4 * H * sizeof(floating))
+    if hraw.shape[0] > 0:
+        memset(&hraw[s, first, 0], 0, rows * H * sizeof(floating))
 
 
 cdef inline Py_ssize_t active_rows(Py_ssize_t n, Py_ssize_t s, const int64_t *lengths,
@@ -244,29 +247,38 @@ def forward(int cell,
             const floating[:, ::1] w_hh,        # IN   (G*H, H)
             const floating[::1] b_ih,           # IN   (G*H,)
             const floating[::1] b_hh,           # IN   (G*H,)
-            const floating[:, ::1] h0,          # IN   (B, H) user row order
+            const floating[:, ::1] w_hr,        # IN   (P, H) LSTM projection; (0, H) without
+            const floating[:, ::1] h0,          # IN   (B, P) user row order
             const floating[:, ::1] c0,          # IN   (B, H) LSTM; (0, H) otherwise
             const int64_t[::1] lengths,         # IN   (B,) each in [0, S]
             const int64_t[::1] order,           # IN   (B,) rows, longest first
-            floating[:, :, ::1] yc,             # OUT  (S, B, H) compact output, zero past length
-            floating[:, ::1] h_n,               # OUT  (B, H) user row order
+            floating[:, :, ::1] yc,             # OUT  (S, B, P) compact output, zero past length
+            floating[:, ::1] h_n,               # OUT  (B, P) user row order
             floating[:, ::1] c_n,               # OUT  (B, H) LSTM; (0, H) otherwise
             floating[:, ::1] xproj,             # WORK (S*B, G*H)
-            floating[:, :, ::1] hs,             # OUT/WORK (NH, B, H): NH = S+1 keeps every
+            floating[:, :, ::1] hs,             # OUT/WORK (NH, B, P): NH = S+1 keeps every
                                                 #      state for backward, NH = 2 ping-pongs
             floating[:, :, ::1] cs,             # OUT/WORK (NH, B, H) LSTM; (0, 0, H) otherwise
             floating[:, :, ::1] acts,           # OUT/WORK (NA, B, 4H): NA = S keeps activations
                                                 #      for backward; NA = 1 is GRU_B's scratch;
                                                 #      (0, B, 4H) for inference otherwise
-            floating[:, ::1] work):             # WORK (B, 3H) GRU: recurrent part; GRU_B: rh
+            floating[:, :, ::1] hraw,           # OUT  (S, B, H) LSTM projection, training:
+                                                #      o * tanh(c) before W_hr; else (0, B, H)
+            floating[:, ::1] work):             # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
+                                                #      LSTM projection: o * tanh(c)
     """Run one layer in one direction over a compact sequence.
 
-    Training mode (hs.shape[0] == S + 1) leaves in hs, cs and acts what backward needs:
-    hs[s] is the state before step s; rows past a sequence's end are zero.
+    H is the cell's width and P the state's (P == H except for an LSTM with a projection,
+    where h = W_hr (o * tanh(c)) has P < H features).
+    Training mode (hs.shape[0] == S + 1) leaves in hs, cs, acts and hraw what backward
+    needs: hs[s] is the state before step s; rows past a sequence's end are zero.
     """
-    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], H = w_hh.shape[1]
     cdef int G = num_gates(cell)
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], P = w_hh.shape[1]
+    cdef Py_ssize_t H = w_hh.shape[0] // G
     cdef Py_ssize_t GH = G * H
+    cdef bint proj = w_hr.shape[0] > 0
+    cdef floating *hcell
     cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
     cdef bint training = NH == S + 1 and S > 0
     cdef bint relu = cell == RNN_RELU
@@ -282,7 +294,7 @@ def forward(int cell,
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
-            memcpy(&hs[0, j, 0], &h0[order[j], 0], H * sizeof(floating))
+            memcpy(&hs[0, j, 0], &h0[order[j], 0], P * sizeof(floating))
             if cell == LSTM:
                 memcpy(&cs[0, j, 0], &c0[order[j], 0], H * sizeof(floating))
         if S > 0:
@@ -317,12 +329,21 @@ def forward(int cell,
             elif cell == LSTM:
                 cp = &cs[s % NH, 0, 0]
                 cn = &cs[(s + 1) % NH, 0, 0]
-                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
+                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, &w_hh[0, 0], <int> P,
                                  <floating> 1, pre, <int> GH)
-                if floating is float:
-                    fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hn)
+                if not proj:
+                    hcell = hn
+                elif training:
+                    hcell = &hraw[s, 0, 0]
                 else:
-                    fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hn)
+                    hcell = &work[0, 0]
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hcell)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hcell)
+                if proj:  # h = W_hr (o * tanh(c))
+                    gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
+                         &w_hr[0, 0], <int> H, <floating> 0, hn, <int> P)
             elif cell == GRU:
                 fill_rows(n, GH, &b_hh[0], &work[0, 0])
                 recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
@@ -344,21 +365,21 @@ def forward(int cell,
                     fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
                 else:
                     fastrnn_grub_n_fwd_f64(n, H, pre, hp, act, hn)
-            memcpy(&yc[s, 0, 0], hn, n * H * sizeof(floating))
+            memcpy(&yc[s, 0, 0], hn, n * P * sizeof(floating))
             if n < B:
-                memset(&yc[s, n, 0], 0, (B - n) * H * sizeof(floating))
+                memset(&yc[s, n, 0], 0, (B - n) * P * sizeof(floating))
                 if training:  # finished rows must not feed garbage to backward's GEMMs
-                    zero_saved_rows(cell, s, n, B, H, hs, cs, acts)
+                    zero_saved_rows(cell, s, n, B, H, P, hs, cs, acts, hraw)
             steps = s + 1
         # steps after every row has finished
         for s in range(steps, S):
-            memset(&yc[s, 0, 0], 0, B * H * sizeof(floating))
+            memset(&yc[s, 0, 0], 0, B * P * sizeof(floating))
             if training:
-                zero_saved_rows(cell, s, 0, B, H, hs, cs, acts)
+                zero_saved_rows(cell, s, 0, B, H, P, hs, cs, acts, hraw)
         # final state of each row: the state after its own last step
         for j in range(B):
             r = lengths[order[j]] % NH
-            memcpy(&h_n[order[j], 0], &hs[r, j, 0], H * sizeof(floating))
+            memcpy(&h_n[order[j], 0], &hs[r, j, 0], P * sizeof(floating))
             if cell == LSTM:
                 memcpy(&c_n[order[j], 0], &cs[r, j, 0], H * sizeof(floating))
 
@@ -370,24 +391,28 @@ def forward(int cell,
 def backward(int cell,
              const floating[:, :, ::1] xc,      # IN   (S, B, I) compact input of forward
              const floating[:, ::1] w_ih,       # IN   (G*H, I)
-             const floating[:, ::1] w_hh,       # IN   (G*H, H)
+             const floating[:, ::1] w_hh,       # IN   (G*H, P)
+             const floating[:, ::1] w_hr,       # IN   (P, H) LSTM projection; (0, H) without
              const int64_t[::1] lengths,        # IN   (B,)
              const int64_t[::1] order,          # IN   (B,)
-             const floating[:, :, ::1] hs,      # IN   (S+1, B, H) from forward (training)
+             const floating[:, :, ::1] hs,      # IN   (S+1, B, P) from forward (training)
              const floating[:, :, ::1] cs,      # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
              const floating[:, :, ::1] acts,    # IN   (S, B, 4H); (0, B, 4H) for RNN
-             const floating[:, :, ::1] dyc,     # IN   (S, B, H) compact dL/dy, zero past length
-             const floating[:, ::1] dh_n,       # IN   (B, H) user order
+             const floating[:, :, ::1] hraw,    # IN   (S, B, H) LSTM projection; else (0, B, H)
+             const floating[:, :, ::1] dyc,     # IN   (S, B, P) compact dL/dy, zero past length
+             const floating[:, ::1] dh_n,       # IN   (B, P) user order
              const floating[:, ::1] dc_n,       # IN   (B, H) LSTM; (0, H) otherwise
              floating[:, :, ::1] dxc,           # OUT  (S, B, I) compact dL/dx
-             floating[:, ::1] dh0,              # OUT  (B, H) user order
+             floating[:, ::1] dh0,              # OUT  (B, P) user order
              floating[:, ::1] dc0,              # OUT  (B, H) LSTM; (0, H) otherwise
              floating[:, ::1] dw_ih,            # OUT  (G*H, I)
-             floating[:, ::1] dw_hh,            # OUT  (G*H, H)
+             floating[:, ::1] dw_hh,            # OUT  (G*H, P)
              floating[::1] db_ih,               # OUT  (G*H,)
              floating[::1] db_hh,               # OUT  (G*H,)
+             floating[:, ::1] dw_hr,            # OUT  (P, H) LSTM projection; (0, H) without
              floating[:, ::1] dgx,              # WORK (S*B, G*H) gate gradients, input side
              floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
+             floating[:, ::1] dhs,              # WORK (S*B, P) LSTM projection: dL/dh per step
              floating[:, ::1] work):            # WORK (3B, H) dh, dc, dh_prev / drh
     """Backpropagation through time of one forward() call made in training mode.
 
@@ -396,9 +421,11 @@ def backward(int cell,
     give the weight, bias and input gradients (rows past a sequence's end hold zero
     gate gradients, so they add nothing).
     """
-    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], H = w_hh.shape[1]
     cdef int G = num_gates(cell)
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], P = w_hh.shape[1]
+    cdef Py_ssize_t H = w_hh.shape[0] // G
     cdef Py_ssize_t GH = G * H, SB = S * B
+    cdef bint proj = w_hr.shape[0] > 0
     cdef bint relu = cell == RNN_RELU
     cdef Py_ssize_t s, j, n
     cdef floating *dh = &work[0, 0]
@@ -406,15 +433,17 @@ def backward(int cell,
     cdef floating *tmp = &work[2 * B, 0]
     cdef floating *dg
     cdef floating *hp
-    cdef const floating *gh_src
+    cdef floating *hcell
     with nogil:
         memset(&dw_ih[0, 0], 0, GH * I * sizeof(floating))
-        memset(&dw_hh[0, 0], 0, GH * H * sizeof(floating))
+        memset(&dw_hh[0, 0], 0, GH * P * sizeof(floating))
+        if proj:
+            memset(&dw_hr[0, 0], 0, P * H * sizeof(floating))
         memset(&db_ih[0], 0, GH * sizeof(floating))
         memset(&db_hh[0], 0, GH * sizeof(floating))
         if B > 0:
             for j in range(B):
-                memcpy(dh + j * H, &dh_n[order[j], 0], H * sizeof(floating))
+                memcpy(dh + j * P, &dh_n[order[j], 0], P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(dc + j * H, &dc_n[order[j], 0], H * sizeof(floating))
             n = 0
@@ -427,9 +456,11 @@ def backward(int cell,
                     memset(dg + n * GH, 0, (B - n) * GH * sizeof(floating))
                     if cell == GRU:
                         memset(&dgh[s * B + n, 0], 0, (B - n) * GH * sizeof(floating))
+                if proj and n < B:
+                    memset(&dhs[s * B + n, 0], 0, (B - n) * P * sizeof(floating))
                 if n == 0:
                     continue
-                add_rows(n, H, &dyc[s, 0, 0], dh)
+                add_rows(n, P, &dyc[s, 0, 0], dh)
                 hp = <floating *> &hs[s, 0, 0]
                 if cell == RNN_TANH or cell == RNN_RELU:
                     if floating is float:
@@ -440,14 +471,20 @@ def backward(int cell,
                     gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, dg, <int> GH,
                          &w_hh[0, 0], <int> H, <floating> 0, dh, <int> H)
                 elif cell == LSTM:
+                    hcell = dh
+                    if proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
+                        memcpy(&dhs[s * B, 0], dh, n * P * sizeof(floating))
+                        gemm(False, False, <int> n, <int> H, <int> P, <floating> 1, dh, <int> P,
+                             &w_hr[0, 0], <int> H, <floating> 0, tmp, <int> H)
+                        hcell = tmp
                     if floating is float:
                         fastrnn_lstm_gates_bwd_f32(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
-                                                   &cs[s + 1, 0, 0], dh, dc, dg)
+                                                   &cs[s + 1, 0, 0], hcell, dc, dg)
                     else:
                         fastrnn_lstm_gates_bwd_f64(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
-                                                   &cs[s + 1, 0, 0], dh, dc, dg)
-                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, dg, <int> GH,
-                         &w_hh[0, 0], <int> H, <floating> 0, dh, <int> H)
+                                                   &cs[s + 1, 0, 0], hcell, dc, dg)
+                    gemm(False, False, <int> n, <int> P, <int> GH, <floating> 1, dg, <int> GH,
+                         &w_hh[0, 0], <int> P, <floating> 0, dh, <int> P)
                 elif cell == GRU:
                     if floating is float:
                         fastrnn_gru_gates_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
@@ -476,7 +513,7 @@ def backward(int cell,
                          &w_hh[0, 0], <int> H, <floating> 1, tmp, <int> H)
                     memcpy(dh, tmp, n * H * sizeof(floating))
             for j in range(B):
-                memcpy(&dh0[order[j], 0], dh + j * H, H * sizeof(floating))
+                memcpy(&dh0[order[j], 0], dh + j * P, P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(&dc0[order[j], 0], dc + j * H, H * sizeof(floating))
             if S > 0:
@@ -500,9 +537,12 @@ def backward(int cell,
                          <int> H)
                     memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
                 else:
-                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgx[0, 0], <int> GH,
-                         &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
+                    gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, &dgx[0, 0],
+                         <int> GH, &hs[0, 0, 0], <int> P, <floating> 0, &dw_hh[0, 0], <int> P)
                     memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
+                if proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
+                    gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, &dhs[0, 0],
+                         <int> P, &hraw[0, 0, 0], <int> H, <floating> 0, &dw_hr[0, 0], <int> H)
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,9 +29,16 @@ class LayerWeights:
     """One direction of one layer, in PyTorch's layout."""
 
     w_ih: np.ndarray  # (G*H, I)
-    w_hh: np.ndarray  # (G*H, H)
+    w_hh: np.ndarray  # (G*H, P), P = H except for an LSTM with a projection
     b_ih: np.ndarray  # (G*H,)
     b_hh: np.ndarray  # (G*H,)
+    w_hr: np.ndarray | None = None  # (P, H) LSTM projection, or None
+
+    def projection(self, dtype) -> np.ndarray:
+        """w_hr, or the empty (0, H) array that tells the kernels there is none."""
+        if self.w_hr is not None:
+            return self.w_hr
+        return np.empty((0, self.w_hh.shape[1]), dtype)
 
 
 @dataclass
@@ -41,9 +48,10 @@ class Tape:
     cell: str
     weights: LayerWeights
     xc: np.ndarray  # (S, B, I) compact input
-    hs: np.ndarray  # (S+1, B, H) state before each step
+    hs: np.ndarray  # (S+1, B, P) state before each step
     cs: np.ndarray  # (S+1, B, H) LSTM cell state; empty otherwise
     acts: np.ndarray  # (S, B, 4H) saved gate activations; empty for RNN
+    hraw: np.ndarray  # (S, B, H) LSTM projection's input; empty otherwise
     lengths: np.ndarray  # (B,) int64
     order: np.ndarray  # (B,) int64, longest first
     reverse: bool
@@ -83,9 +91,10 @@ def forward(
     steady stream of same-shaped chunks allocates nothing.
     """
     T, B, _ = x.shape
-    H = weights.w_hh.shape[1]
     G = NUM_GATES[cell]
+    H, P = weights.w_hh.shape[0] // G, weights.w_hh.shape[1]
     dtype = x.dtype
+    w_hr = weights.projection(dtype)
     code = CELL_CODES[cell]
     is_lstm = cell == "lstm"
     lens, order, S, identity = _layout(T, B, lengths, reverse)
@@ -103,16 +112,16 @@ def forward(
     else:
         xc = buffer("xc", (S, B, x.shape[2]))
         _kernels.gather_steps(x, lens, order, reverse, xc)
-    yc = buffer("yc", (S, B, H))
+    yc = buffer("yc", (S, B, P))
     if h_n is None:
-        h_n = np.empty((B, H), dtype)
+        h_n = np.empty((B, P), dtype)
     if not is_lstm:
         c_n = c0 = np.empty((0, H), dtype)
     elif c_n is None:
         c_n = np.empty((B, H), dtype)
     xproj = buffer("xproj", (S * B, G * H))
     n_states = S + 1 if training else 2
-    hs = buffer("hs", (n_states, B, H))
+    hs = buffer("hs", (n_states, B, P))
     cs = buffer("cs", (n_states, B, H)) if is_lstm else np.empty((0, 0, H), dtype)
     if cell in ("rnn_tanh", "rnn_relu"):
         n_acts = 0
@@ -122,60 +131,67 @@ def forward(
         n_acts = 1 if cell == "gru_reset_before" else 0
     acts = buffer("acts", (n_acts, B, 4 * H))
     work = buffer("work", (B, 3 * H))
+    hraw = np.empty((S if training and weights.w_hr is not None else 0, B, H), dtype)
 
     _kernels.forward(
-        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, h0, c0,
-        lens, order, yc, h_n, c_n, xproj, hs, cs, acts, work,
+        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr, h0, c0,
+        lens, order, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work,
     )  # fmt: skip
 
     if identity:
         y = yc
     else:
-        y = buffer("y", (T, B, H))
+        y = buffer("y", (T, B, P))
         _kernels.scatter_steps(yc, lens, order, reverse, y)
     tape = None
     if training:
-        tape = Tape(cell, weights, xc, hs, cs, acts, lens, order, reverse, identity, T)
+        tape = Tape(cell, weights, xc, hs, cs, acts, hraw, lens, order, reverse, identity, T)
     return y, h_n, (c_n if is_lstm else None), tape
 
 
 def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | None):
     """Gradients of one layer-direction from its tape.
 
-    Returns (dx (T,B,I), dh0 (B,H), dc0 (B,H) or None, dict of dw_ih, dw_hh, db_ih, db_hh).
+    Returns (dx (T,B,I), dh0 (B,P), dc0 (B,H) or None, dict of gradients keyed weight_ih,
+    weight_hh, bias_ih, bias_hh and, with a projection, weight_hr).
     """
     w = tape.weights
     S, B, I = tape.xc.shape
-    H = w.w_hh.shape[1]
     G = NUM_GATES[tape.cell]
+    H, P = w.w_hh.shape[0] // G, w.w_hh.shape[1]
     dtype = tape.xc.dtype
+    w_hr = w.projection(dtype)
     is_lstm = tape.cell == "lstm"
 
     if tape.identity:
         dyc = dy
     else:
-        dyc = np.empty((S, B, H), dtype)
+        dyc = np.empty((S, B, P), dtype)
         _kernels.gather_steps(dy, tape.lengths, tape.order, tape.reverse, dyc)
     dc_n_arr = dc_n if is_lstm else np.empty((0, H), dtype)
     dxc = np.empty((S, B, I), dtype)
-    dh0 = np.empty((B, H), dtype)
+    dh0 = np.empty((B, P), dtype)
     dc0 = np.empty((B, H), dtype) if is_lstm else np.empty((0, H), dtype)
     grads = {
         "weight_ih": np.empty_like(w.w_ih),
         "weight_hh": np.empty_like(w.w_hh),
         "bias_ih": np.empty_like(w.b_ih),
         "bias_hh": np.empty_like(w.b_hh),
+        "weight_hr": np.empty_like(w_hr),
     }
     dgx = np.empty((S * B, G * H), dtype)
     dgh = np.empty((S * B if tape.cell == "gru" else 0, G * H), dtype)
+    dhs = np.empty((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
 
     _kernels.backward(
-        CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, tape.lengths, tape.order,
-        tape.hs, tape.cs, tape.acts, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
+        CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
+        tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
-        dgx, dgh, work,
+        grads["weight_hr"], dgx, dgh, dhs, work,
     )  # fmt: skip
+    if w.w_hr is None:
+        del grads["weight_hr"]
 
     if tape.identity:
         dx = dxc

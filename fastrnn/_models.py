@@ -70,6 +70,11 @@ class RecurrentModel:
     def _cell(self) -> str:
         raise NotImplementedError
 
+    @property
+    def _h_size(self) -> int:
+        """Features of h (and of each direction's output): hidden_size, or proj_size."""
+        return self.hidden_size
+
     def _config(self) -> dict:
         """Constructor arguments, for repr, save and to_torch."""
         return {
@@ -90,16 +95,18 @@ class RecurrentModel:
 
     def _param_shapes(self) -> dict[str, tuple]:
         """Names and shapes in PyTorch's state_dict order."""
-        GH, H = self._gate_count * self.hidden_size, self.hidden_size
+        GH, P = self._gate_count * self.hidden_size, self._h_size
         shapes = {}
         for layer in range(self.num_layers):
-            layer_in = self.input_size if layer == 0 else self.num_directions * H
+            layer_in = self.input_size if layer == 0 else self.num_directions * P
             for sfx in ("", "_reverse")[: self.num_directions]:
                 shapes[f"weight_ih_l{layer}{sfx}"] = (GH, layer_in)
-                shapes[f"weight_hh_l{layer}{sfx}"] = (GH, H)
+                shapes[f"weight_hh_l{layer}{sfx}"] = (GH, P)
                 if self.bias:
                     shapes[f"bias_ih_l{layer}{sfx}"] = (GH,)
                     shapes[f"bias_hh_l{layer}{sfx}"] = (GH,)
+                if P != self.hidden_size:
+                    shapes[f"weight_hr_l{layer}{sfx}"] = (P, self.hidden_size)
         return shapes
 
     def reset_parameters(self, rng=None) -> None:
@@ -148,12 +155,13 @@ class RecurrentModel:
             p[f"weight_hh_l{layer}{sfx}"],
             p.get(f"bias_ih_l{layer}{sfx}", self._zero_bias),
             p.get(f"bias_hh_l{layer}{sfx}", self._zero_bias),
+            p.get(f"weight_hr_l{layer}{sfx}"),
         )
 
     # -- forward -------------------------------------------------------------------------
 
     def _state_shape(self, batch: int) -> tuple:
-        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+        return (self.num_layers * self.num_directions, batch, self._h_size)
 
     def _initial_state(self, hx, batch: int, batched: bool):
         """(h0, c0) as (L*D, B, H) arrays; c0 is None except for LSTM."""
@@ -175,7 +183,7 @@ class RecurrentModel:
         T, B, _ = xs.shape
         lens = _validate.lengths(lengths, B, T)
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
-        _validate.blas_sizes(T, B, (max(self.input_size, D * H), self._gate_count * H))
+        _validate.blas_sizes(T, B, (self.input_size, D * self._h_size, self._gate_count * H))
         h0, c0 = self._initial_state(hx, B, batched)
         if training and np.may_share_memory(xs, x):
             xs = xs.copy()  # backward reads it: the caller may reuse its buffer meanwhile
@@ -246,7 +254,7 @@ class RecurrentModel:
 
     def _backward(self, run, dy, dh_n):
         T, B, batched, lens, tapes, masks = run
-        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        H, D, L = self._h_size, self.num_directions, self.num_layers
         out_shape = (T, B, D * H)
         if dy is None:
             g = np.zeros(out_shape, self.dtype)
@@ -349,19 +357,41 @@ class LSTM(RecurrentModel):
 
     _gate_count = 4
 
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
+                 seed=None):  # fmt: skip
+        self.proj_size = _validate.positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size and self.proj_size >= _validate.positive_int("hidden_size", hidden_size):
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size, got proj_size={proj_size} "
+                f"and hidden_size={hidden_size}"
+            )
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)  # fmt: skip
+
     @property
     def _cell(self) -> str:
         return "lstm"
 
+    @property
+    def _h_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _config(self) -> dict:
+        return {**super()._config(), "proj_size": self.proj_size}
+
+    def _cell_shape(self, batch: int) -> tuple:
+        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+
     def _initial_state(self, hx, batch, batched):
-        shape = self._state_shape(batch)
+        shape, cshape = self._state_shape(batch), self._cell_shape(batch)
         if hx is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            return np.zeros(shape, self.dtype), np.zeros(cshape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"LSTM's initial state must be a pair (h0, c0), got {type(hx).__name__}")
         return (
             _validate.state("h0", hx[0], shape, batched, self.dtype),
-            _validate.state("c0", hx[1], shape, batched, self.dtype),
+            _validate.state("c0", hx[1], cshape, batched, self.dtype),
         )
 
     def _present_state(self, h, c, batched):
@@ -370,9 +400,9 @@ class LSTM(RecurrentModel):
         return (h, c) if batched else (h[:, 0, :], c[:, 0, :])
 
     def _final_state_grads(self, dh_n, batch, batched):
-        shape = self._state_shape(batch)
+        shape, cshape = self._state_shape(batch), self._cell_shape(batch)
         if dh_n is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            return np.zeros(shape, self.dtype), np.zeros(cshape, self.dtype)
         if isinstance(dh_n, (tuple, list)):
             if len(dh_n) != 2:
                 raise TypeError("LSTM's dh_n must be an array or a pair (dh_n, dc_n)")
@@ -381,5 +411,5 @@ class LSTM(RecurrentModel):
             dh, dc = dh_n, None
         dh = _validate.state("dh_n", dh, shape, batched, self.dtype)
         if dc is None:
-            return dh, np.zeros(shape, self.dtype)
-        return dh, _validate.state("dc_n", dc, shape, batched, self.dtype)
+            return dh, np.zeros(cshape, self.dtype)
+        return dh, _validate.state("dc_n", dc, cshape, batched, self.dtype)
