@@ -167,9 +167,9 @@ def _read_metadata(npz, path: str) -> dict:
     for key, kind in (("class", str), ("config", dict), ("dtype", str), ("parameters", dict)):
         if not isinstance(meta.get(key), kind):
             raise _bad(
-                path, f"metadata field {key!r} must be a JSON {kind.__name__}, "
-                f"got {meta.get(key)!r}"
-            )  # fmt: skip
+                path,
+                f"metadata field {key!r} must be a JSON {kind.__name__}, got {meta.get(key)!r}",
+            )
     if meta["class"] not in MODEL_CLASSES:
         raise _bad(
             path, f"unknown model class {meta['class']!r} (expected one of {list(MODEL_CLASSES)})"
@@ -245,8 +245,8 @@ def load(path):
             dtype = _DTYPES[meta["dtype"]]
             shapes = meta["parameters"]
             expected = {name: value.shape for name, value in model.state_dict().items()}
-            _check_names(shapes, expected, f"the metadata's parameters do not match {model!r}",
-                         path)  # fmt: skip
+            mismatch = f"the metadata's parameters do not match {model!r}"
+            _check_names(shapes, expected, mismatch, path)
             for name, want in expected.items():
                 if shapes[name] != list(want):
                     raise _bad(

@@ -242,6 +242,7 @@ def scatter_steps(const floating[:, :, ::1] src,    # IN  (S, B, F) compact
 # ---------------------------------------------------------------------------------------
 
 def forward(int cell,
+            bint training,                      # keep what backward needs in hs, cs, acts, hraw
             const floating[:, :, ::1] xc,       # IN   (S, B, I) compact input
             const floating[:, ::1] w_ih,        # IN   (G*H, I)
             const floating[:, ::1] w_hh,        # IN   (G*H, H)
@@ -272,6 +273,7 @@ def forward(int cell,
     where h = W_hr (o * tanh(c)) has P < H features).
     Training mode (hs.shape[0] == S + 1) leaves in hs, cs, acts and hraw what backward
     needs: hs[s] is the state before step s; rows past a sequence's end are zero.
+    Inference ping-pongs the state between hs[0] and hs[1].
     """
     cdef int G = num_gates(cell)
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], P = w_hh.shape[1]
@@ -280,7 +282,6 @@ def forward(int cell,
     cdef bint proj = w_hr.shape[0] > 0
     cdef floating *hcell
     cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
-    cdef bint training = NH == S + 1 and S > 0
     cdef bint relu = cell == RNN_RELU
     cdef Py_ssize_t s, j, n = B, r, steps = 0
     cdef floating *pre

@@ -34,12 +34,6 @@ class LayerWeights:
     b_hh: np.ndarray  # (G*H,)
     w_hr: np.ndarray | None = None  # (P, H) LSTM projection, or None
 
-    def projection(self, dtype) -> np.ndarray:
-        """w_hr, or the empty (0, H) array that tells the kernels there is none."""
-        if self.w_hr is not None:
-            return self.w_hr
-        return np.empty((0, self.w_hh.shape[1]), dtype)
-
 
 @dataclass
 class Tape:
@@ -59,11 +53,41 @@ class Tape:
     T: int
 
 
-def _layout(T: int, B: int, lengths: np.ndarray | None, reverse: bool):
+class _Buffers:
+    """Allocates arrays, or lends them from a dict kept by the caller across calls."""
+
+    def __init__(self, ws: dict | None, dtype):
+        self.ws, self.dtype = ws, dtype
+
+    def __call__(self, key: str, shape: tuple, dtype=None) -> np.ndarray:
+        dtype = self.dtype if dtype is None else dtype
+        if self.ws is None:
+            return np.empty(shape, dtype)
+        arr = self.ws.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = self.ws[key] = np.empty(shape, dtype)
+        return arr
+
+    def constant(self, key: str, still_valid, make) -> np.ndarray:
+        """An array that never changes once made: reused while still_valid(it) holds."""
+        if self.ws is None:
+            return make()
+        arr = self.ws.get(key)
+        if arr is None or not still_valid(arr):
+            arr = self.ws[key] = make()
+        return arr
+
+
+def _layout(T: int, B: int, lengths: np.ndarray | None, reverse: bool, buffer: _Buffers):
     """Row order, lengths, compact step count and whether compact == user layout."""
     if lengths is None:
-        lens = np.full(B, T, dtype=np.int64)
-        order = np.arange(B, dtype=np.int64)
+        lens = buffer.constant(
+            "lens", lambda a: a.shape == (B,) and (B == 0 or a[0] == T),
+            lambda: np.full(B, T, np.int64),
+        )  # fmt: skip
+        order = buffer.constant(
+            "order", lambda a: a.shape == (B,), lambda: np.arange(B, dtype=np.int64)
+        )
         return lens, order, T, not reverse
     order = np.argsort(-lengths, kind="stable").astype(np.int64)
     S = int(lengths.max()) if B else 0
@@ -83,29 +107,20 @@ def forward(
     c_n: np.ndarray | None = None,
     ws: dict | None = None,
 ):
-    """Run one layer-direction. Returns (y (T,B,H), h_n (B,H), c_n (B,H) or None, tape or None).
+    """Run one layer-direction. Returns (y (T,B,P), h_n (B,P), c_n (B,H) or None, tape or None).
 
     h_n and c_n, when given, receive the final state (they may be h0 and c0 themselves: the
     kernel reads the initial state before it writes the final one). `ws`, a dict kept by the
     caller, lends inference workspaces from one call to the next (streaming), so that a
-    steady stream of same-shaped chunks allocates nothing.
+    steady stream of same-shaped chunks allocates no arrays; y is then one of them.
     """
     T, B, _ = x.shape
     G = NUM_GATES[cell]
     H, P = weights.w_hh.shape[0] // G, weights.w_hh.shape[1]
     dtype = x.dtype
-    w_hr = weights.projection(dtype)
-    code = CELL_CODES[cell]
     is_lstm = cell == "lstm"
-    lens, order, S, identity = _layout(T, B, lengths, reverse)
-
-    def buffer(key, shape):
-        if ws is None:
-            return np.empty(shape, dtype)
-        arr = ws.get(key)
-        if arr is None or arr.shape != shape or arr.dtype != dtype:
-            arr = ws[key] = np.empty(shape, dtype)
-        return arr
+    buffer = _Buffers(None if training else ws, dtype)
+    lens, order, S, identity = _layout(T, B, lengths, reverse, buffer)
 
     if identity:
         xc = x
@@ -114,15 +129,15 @@ def forward(
         _kernels.gather_steps(x, lens, order, reverse, xc)
     yc = buffer("yc", (S, B, P))
     if h_n is None:
-        h_n = np.empty((B, P), dtype)
+        h_n = buffer("h_n", (B, P))
     if not is_lstm:
-        c_n = c0 = np.empty((0, H), dtype)
+        c_n = c0 = buffer("no_c", (0, H))
     elif c_n is None:
-        c_n = np.empty((B, H), dtype)
+        c_n = buffer("c_n", (B, H))
     xproj = buffer("xproj", (S * B, G * H))
     n_states = S + 1 if training else 2
     hs = buffer("hs", (n_states, B, P))
-    cs = buffer("cs", (n_states, B, H)) if is_lstm else np.empty((0, 0, H), dtype)
+    cs = buffer("cs", (n_states, B, H) if is_lstm else (0, 0, H))
     if cell in ("rnn_tanh", "rnn_relu"):
         n_acts = 0
     elif training:
@@ -131,11 +146,12 @@ def forward(
         n_acts = 1 if cell == "gru_reset_before" else 0
     acts = buffer("acts", (n_acts, B, 4 * H))
     work = buffer("work", (B, 3 * H))
-    hraw = np.empty((S if training and weights.w_hr is not None else 0, B, H), dtype)
+    hraw = buffer("hraw", (S if training and weights.w_hr is not None else 0, B, H))
+    w_hr = weights.w_hr if weights.w_hr is not None else buffer("no_w_hr", (0, H))
 
     _kernels.forward(
-        code, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr, h0, c0,
-        lens, order, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work,
+        CELL_CODES[cell], training, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
+        h0, c0, lens, order, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work,
     )  # fmt: skip
 
     if identity:
@@ -160,7 +176,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     G = NUM_GATES[tape.cell]
     H, P = w.w_hh.shape[0] // G, w.w_hh.shape[1]
     dtype = tape.xc.dtype
-    w_hr = w.projection(dtype)
+    w_hr = w.w_hr if w.w_hr is not None else np.empty((0, H), dtype)
     is_lstm = tape.cell == "lstm"
 
     if tape.identity:

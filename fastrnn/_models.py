@@ -225,6 +225,19 @@ class RecurrentModel:
 
     forward = __call__
 
+    def stream(self, batch_size: int, h0=None):
+        """A Stream: feed this (unidirectional) model chunk by chunk or step by step, with
+        the state carried between calls (see fastrnn._stream.Stream)."""
+        from ._stream import Stream
+
+        return Stream(self, batch_size, h0)
+
+    def save(self, path) -> None:
+        """Write configuration and weights to `path` atomically (see fastrnn.load)."""
+        from ._io import save
+
+        save(self, path)
+
     def forward_train(self, x, h0=None, lengths=None):
         """Forward pass that keeps what backpropagation needs.
 
