@@ -6,6 +6,7 @@ shapes and gate order, and the same numbers.
 
 from ._io import load, save
 from ._models import GRU, LSTM, RNN, Gradients, RecurrentModel
+from ._stream import Stream
 from ._torch import from_torch, to_torch
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "RNN",
     "Gradients",
     "RecurrentModel",
+    "Stream",
     "from_torch",
     "load",
     "save",

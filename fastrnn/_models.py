@@ -132,7 +132,7 @@ class RecurrentModel:
         unknown = sorted(set(state_dict) - set(shapes))
         missing = sorted(set(shapes) - set(state_dict))
         if unknown or (strict and missing):
-            raise KeyError(
+            raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "
                 f"unexpected keys {unknown}, missing keys {missing if strict else []}"
             )
@@ -205,8 +205,8 @@ class RecurrentModel:
             layer_out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if training and self.dropout > 0.0 and layer < L - 1:
                 keep = 1.0 - self.dropout
-                mask = (self._dropout_rng.random(layer_out.shape) < keep) / keep
-                mask = mask.astype(self.dtype)
+                kept = self._dropout_rng.random(layer_out.shape) < keep
+                mask = (kept / keep if keep > 0.0 else kept).astype(self.dtype)
                 _kernels.multiply(layer_out.reshape(-1), mask.reshape(-1), layer_out.reshape(-1))
                 masks.append(mask)
             layer_in = layer_out

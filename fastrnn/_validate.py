@@ -38,17 +38,25 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
 
 def probability(name: str, value) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
     value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
+
+
+def _from_torch(value):
+    """A torch tensor as a NumPy array, without importing torch (bfloat16 via float32)."""
+    t = value.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    return t.numpy()
 
 
 def float_array(name: str, value, dtype: np.dtype) -> np.ndarray:
     """Any real array-like (NumPy, lists, CPU torch tensors) as an array of `dtype`."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without torch
-        value = value.detach().cpu().numpy()
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = _from_torch(value)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -101,7 +109,7 @@ def lengths(value, batch: int, steps: int) -> np.ndarray | None:
     if value is None:
         return None
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+        value = _from_torch(value)
     arr = np.asarray(value)
     whole = arr.dtype.kind in "iu" or (
         arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
