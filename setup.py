@@ -11,12 +11,15 @@ directives = {"boundscheck": True, "wraparound": False} if debug else {}
 extensions = [
     Extension(
         "fastrnn._kernels",
-        sources=["fastrnn/_kernels.pyx", "csrc/cells.c"],
+        sources=["fastrnn/_kernels.pyx", "csrc/cells.c", "csrc/matmul.c"],
         include_dirs=["csrc"],
-        depends=["csrc/fastrnn_cells.h", "csrc/fastrnn_math.h", "csrc/cells_impl.h"],
+        depends=[
+            "csrc/fastrnn_cells.h", "csrc/fastrnn_math.h", "csrc/cells_impl.h",
+            "csrc/fastrnn_matmul.h", "csrc/matmul_impl.h",
+        ],  # fmt: skip
         # -fno-trapping-math lets GCC if-convert (and so vectorise) the activation selects;
         # values stay IEEE (no -ffast-math, no -march=native: wheels run on any x86-64).
-        extra_compile_args=["-O3", "-fno-trapping-math", "-std=c11"],
+        extra_compile_args=["-O3", "-fno-trapping-math", "-std=gnu11"],
     ),
 ]
 

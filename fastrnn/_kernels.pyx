@@ -83,6 +83,27 @@ cdef extern from "fastrnn_cells.h" nogil:
     void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
     void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
 
+cdef extern from "fastrnn_matmul.h" nogil:
+    void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
+                          float *packed, Py_ssize_t ldb)
+    void fastrnn_pack_f64(Py_ssize_t K, Py_ssize_t N, int trans, const double *w,
+                          Py_ssize_t ldw, double *packed, Py_ssize_t ldb)
+    void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
+                                Py_ssize_t lda, const float *packed, Py_ssize_t ldb, int beta,
+                                float *c, Py_ssize_t ldc)
+    void fastrnn_small_gemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double *a,
+                                Py_ssize_t lda, const double *packed, Py_ssize_t ldb, int beta,
+                                double *c, Py_ssize_t ldc)
+    Py_ssize_t fastrnn_packed_ld_f32(Py_ssize_t N)
+    Py_ssize_t fastrnn_packed_ld_f64(Py_ssize_t N)
+
+# Batches up to this size take the own small-batch kernel for the per-step products; larger
+# ones take BLAS, whose per-call overhead is then small next to the arithmetic.
+DEF SMALL_BATCH = 16
+# Vector lanes of padding after a packed matrix: a product over a column offset of it
+# (GRU reset-before's n block) may load up to one vector past its last row.
+DEF PACK_TAIL = 16
+
 # Cell kinds; fastrnn/_layer.py mirrors these numbers.
 DEF RNN_TANH = 0
 DEF RNN_RELU = 1
@@ -134,15 +155,49 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
               c, &ldc)
 
 
-cdef inline void recurrent_matmul(int n, int cols, int hsz, const floating *h, int ldh,
-                                  const floating *w, int ldw, floating beta, floating *out,
-                                  int ldout) noexcept nogil:
-    """out (n, cols) := h (n, hsz) @ w (cols, hsz)^T + beta * out.
+cdef inline Py_ssize_t packed_ld(Py_ssize_t N, floating dummy) noexcept nogil:
+    if floating is float:
+        return fastrnn_packed_ld_f32(N)
+    else:
+        return fastrnn_packed_ld_f64(N)
 
-    The per-step recurrent product. Every step of every cell goes through here, so that a
-    small-batch kernel with packed weights can replace BLAS in one place.
+
+def packed_size(Py_ssize_t batch, Py_ssize_t K, Py_ssize_t N, bint double):
+    """Elements of the WORK buffer that holds a (K, N) matrix packed for the small-batch
+    kernel, or 0 when a batch this large takes BLAS instead."""
+    if batch > SMALL_BATCH:
+        return 0
+    cdef Py_ssize_t ld = fastrnn_packed_ld_f64(N) if double else fastrnn_packed_ld_f32(N)
+    return K * ld + PACK_TAIL
+
+
+cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w, Py_ssize_t ldw,
+                      floating *packed) noexcept nogil:
+    """packed (K, ld) := w (K, N), or w^T when w is (N, K) (trans), zero-padded."""
+    if floating is float:
+        fastrnn_pack_f32(K, N, trans, w, ldw, packed, fastrnn_packed_ld_f32(N))
+    else:
+        fastrnn_pack_f64(K, N, trans, w, ldw, packed, fastrnn_packed_ld_f64(N))
+
+
+cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
+                                  const floating *w, int ldw, bint w_is_nk,
+                                  const floating *packed, int ldp, bint accumulate,
+                                  floating *out, int ldout) noexcept nogil:
+    """out (n, cols) := a (n, K) @ op(w) (+ out if accumulate); op(w) = w^T if w is (cols, K)
+    (w_is_nk), else w (K, cols).
+
+    The per-step product. Every step of every cell goes through here: small batches take the
+    own kernel on `packed` (op(w) packed once per call, row stride ldp), larger ones BLAS.
     """
-    gemm(False, True, n, cols, hsz, <floating> 1, h, ldh, w, ldw, beta, out, ldout)
+    if packed != NULL:
+        if floating is float:
+            fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, ldp, accumulate, out, ldout)
+        else:
+            fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, ldp, accumulate, out, ldout)
+    else:
+        gemm(False, w_is_nk, n, cols, K, <floating> 1, a, lda, w, ldw,
+             <floating> (1 if accumulate else 0), out, ldout)
 
 
 cdef inline void fill_rows(Py_ssize_t rows, Py_ssize_t cols, const floating *v,
@@ -265,8 +320,10 @@ def forward(int cell,
                                                 #      (0, B, 4H) for inference otherwise
             floating[:, :, ::1] hraw,           # OUT  (S, B, H) LSTM projection, training:
                                                 #      o * tanh(c) before W_hr; else (0, B, H)
-            floating[:, ::1] work):             # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
+            floating[:, ::1] work,              # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
                                                 #      LSTM projection: o * tanh(c)
+            floating[::1] wpack):               # WORK packed_size(B, P, G*H): W_hh^T for the
+                                                #      small-batch kernel; empty for BLAS
     """Run one layer in one direction over a compact sequence.
 
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
@@ -281,6 +338,8 @@ def forward(int cell,
     cdef Py_ssize_t GH = G * H
     cdef bint proj = w_hr.shape[0] > 0
     cdef floating *hcell
+    cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
+    cdef int ldp = <int> packed_ld(GH, <floating> 0)
     cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
     cdef bint relu = cell == RNN_RELU
     cdef Py_ssize_t s, j, n = B, r, steps = 0
@@ -298,6 +357,8 @@ def forward(int cell,
             memcpy(&hs[0, j, 0], &h0[order[j], 0], P * sizeof(floating))
             if cell == LSTM:
                 memcpy(&cs[0, j, 0], &c0[order[j], 0], H * sizeof(floating))
+        if pk != NULL:
+            pack(P, GH, True, &w_hh[0, 0], P, pk)
         if S > 0:
             # (1) input projection of every step at once. Biases fold into it where they
             # add; GRU keeps b_hh apart, since r multiplies its n block (A2).
@@ -322,7 +383,7 @@ def forward(int cell,
             # (2) the recurrent product and the step's gate math
             if cell == RNN_TANH or cell == RNN_RELU:
                 recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
-                                 <floating> 1, pre, <int> GH)
+                                 True, pk, ldp, True, pre, <int> GH)
                 if floating is float:
                     fastrnn_rnn_gates_fwd_f32(n, H, relu, pre, hn)
                 else:
@@ -331,7 +392,7 @@ def forward(int cell,
                 cp = &cs[s % NH, 0, 0]
                 cn = &cs[(s + 1) % NH, 0, 0]
                 recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, &w_hh[0, 0], <int> P,
-                                 <floating> 1, pre, <int> GH)
+                                 True, pk, ldp, True, pre, <int> GH)
                 if not proj:
                     hcell = hn
                 elif training:
@@ -348,20 +409,21 @@ def forward(int cell,
             elif cell == GRU:
                 fill_rows(n, GH, &b_hh[0], &work[0, 0])
                 recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
-                                 <floating> 1, &work[0, 0], <int> GH)
+                                 True, pk, ldp, True, &work[0, 0], <int> GH)
                 if floating is float:
                     fastrnn_gru_gates_fwd_f32(n, H, pre, &work[0, 0], hp, act, hn)
                 else:
                     fastrnn_gru_gates_fwd_f64(n, H, pre, &work[0, 0], hp, act, hn)
             else:  # GRU_B: (B1) needs r before the n-gate's product can start
                 recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, &w_hh[0, 0],
-                                 <int> H, <floating> 1, pre, <int> GH)
+                                 <int> H, True, pk, ldp, True, pre, <int> GH)
                 if floating is float:
                     fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, &work[0, 0])
                 else:
                     fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, &work[0, 0])
                 recurrent_matmul(<int> n, <int> H, <int> H, &work[0, 0], <int> H,
-                                 &w_hh[2 * H, 0], <int> H, <floating> 1, pre + 2 * H, <int> GH)
+                                 &w_hh[2 * H, 0], <int> H, True, pk + 2 * H if pk else NULL,
+                                 ldp, True, pre + 2 * H, <int> GH)
                 if floating is float:
                     fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
                 else:
@@ -414,7 +476,9 @@ def backward(int cell,
              floating[:, ::1] dgx,              # WORK (S*B, G*H) gate gradients, input side
              floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
              floating[:, ::1] dhs,              # WORK (S*B, P) LSTM projection: dL/dh per step
-             floating[:, ::1] work):            # WORK (3B, H) dh, dc, dh_prev / drh
+             floating[:, ::1] work,             # WORK (3B, H) dh, dc, dh_prev / drh
+             floating[::1] wpack):              # WORK packed_size(B, G*H, P): W_hh for the
+                                                #      small-batch kernel; empty for BLAS
     """Backpropagation through time of one forward() call made in training mode.
 
     Steps run from the last down to 0 on the rows still running there; a row's state
@@ -428,6 +492,8 @@ def backward(int cell,
     cdef Py_ssize_t GH = G * H, SB = S * B
     cdef bint proj = w_hr.shape[0] > 0
     cdef bint relu = cell == RNN_RELU
+    cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
+    cdef int ldp = <int> packed_ld(P, <floating> 0)
     cdef Py_ssize_t s, j, n
     cdef floating *dh = &work[0, 0]
     cdef floating *dc = &work[B, 0]
@@ -442,6 +508,8 @@ def backward(int cell,
             memset(&dw_hr[0, 0], 0, P * H * sizeof(floating))
         memset(&db_ih[0], 0, GH * sizeof(floating))
         memset(&db_hh[0], 0, GH * sizeof(floating))
+        if pk != NULL:
+            pack(GH, P, False, &w_hh[0, 0], P, pk)
         if B > 0:
             for j in range(B):
                 memcpy(dh + j * P, &dh_n[order[j], 0], P * sizeof(floating))
@@ -469,8 +537,8 @@ def backward(int cell,
                     else:
                         fastrnn_rnn_gates_bwd_f64(n, H, relu, &hs[s + 1, 0, 0], dh, dg)
                     # dh_prev = dpre W_hh
-                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, dg, <int> GH,
-                         &w_hh[0, 0], <int> H, <floating> 0, dh, <int> H)
+                    recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, &w_hh[0, 0],
+                                     <int> H, False, pk, ldp, False, dh, <int> H)
                 elif cell == LSTM:
                     hcell = dh
                     if proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
@@ -484,8 +552,8 @@ def backward(int cell,
                     else:
                         fastrnn_lstm_gates_bwd_f64(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
                                                    &cs[s + 1, 0, 0], hcell, dc, dg)
-                    gemm(False, False, <int> n, <int> P, <int> GH, <floating> 1, dg, <int> GH,
-                         &w_hh[0, 0], <int> P, <floating> 0, dh, <int> P)
+                    recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, &w_hh[0, 0],
+                                     <int> P, False, pk, ldp, False, dh, <int> P)
                 elif cell == GRU:
                     if floating is float:
                         fastrnn_gru_gates_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
@@ -494,8 +562,8 @@ def backward(int cell,
                         fastrnn_gru_gates_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
                                                   tmp)
                     # (A1)-(A2) through hh = W_hh h_prev + b_hh
-                    gemm(False, False, <int> n, <int> H, <int> GH, <floating> 1, &dgh[s * B, 0],
-                         <int> GH, &w_hh[0, 0], <int> H, <floating> 1, tmp, <int> H)
+                    recurrent_matmul(<int> n, <int> H, <int> GH, &dgh[s * B, 0], <int> GH,
+                                     &w_hh[0, 0], <int> H, False, pk, ldp, True, tmp, <int> H)
                     memcpy(dh, tmp, n * H * sizeof(floating))
                 else:  # GRU_B
                     if floating is float:
@@ -503,15 +571,16 @@ def backward(int cell,
                     else:
                         fastrnn_grub_n_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
                     # (B2): d rh = d a_n W_hn, into dh (free now)
-                    gemm(False, False, <int> n, <int> H, <int> H, <floating> 1, dg + 2 * H,
-                         <int> GH, &w_hh[2 * H, 0], <int> H, <floating> 0, dh, <int> H)
+                    recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH,
+                                     &w_hh[2 * H, 0], <int> H, False,
+                                     pk + 2 * H * ldp if pk else NULL, ldp, False, dh, <int> H)
                     if floating is float:
                         fastrnn_grub_rz_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
                     else:
                         fastrnn_grub_rz_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
                     # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
-                    gemm(False, False, <int> n, <int> H, <int> (2 * H), <floating> 1, dg, <int> GH,
-                         &w_hh[0, 0], <int> H, <floating> 1, tmp, <int> H)
+                    recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, &w_hh[0, 0],
+                                     <int> H, False, pk, ldp, True, tmp, <int> H)
                     memcpy(dh, tmp, n * H * sizeof(floating))
             for j in range(B):
                 memcpy(&dh0[order[j], 0], dh + j * P, P * sizeof(floating))

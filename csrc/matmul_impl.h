@@ -1,0 +1,101 @@
+/*
+ * matmul_impl.h -- the small-batch GEMM of fastrnn_matmul.h, written once; matmul.c includes
+ * it per float type with T, SFX, VW (lanes per vector) and FASTRNN_CLONES defined.
+ */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(base) CAT(base, SFX)
+#define VEC CAT(vec, SFX)
+
+typedef T VEC __attribute__((vector_size(VW * sizeof(T)), aligned(sizeof(T))));
+
+void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
+                        T *packed, ptrdiff_t ldb)
+{
+    for (ptrdiff_t k = 0; k < K; ++k) {
+        T *row = packed + k * ldb;
+        if (trans)
+            for (ptrdiff_t j = 0; j < N; ++j)
+                row[j] = w[j * ldw + k];
+        else
+            for (ptrdiff_t j = 0; j < N; ++j)
+                row[j] = w[k * ldw + j];
+        for (ptrdiff_t j = N; j < ldb; ++j)
+            row[j] = (T)0;
+    }
+}
+
+/* One tile: R rows (1..4) x C vectors (1..4) of C; R and C are constants after inlining, so
+   the accumulators live in registers. `width` is how many of the tile's columns exist. */
+static inline __attribute__((always_inline)) void NAME(tile)(
+    const int R, const int C, ptrdiff_t K, const T *restrict a, ptrdiff_t lda,
+    const T *restrict b, ptrdiff_t ldb, int beta, T *restrict c, ptrdiff_t ldc, ptrdiff_t width)
+{
+    VEC acc[4][4];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < C; ++v)
+            acc[r][v] = (VEC){0};
+    for (ptrdiff_t k = 0; k < K; ++k) {
+        VEC w[4];
+        for (int v = 0; v < C; ++v)
+            memcpy(&w[v], b + k * ldb + v * VW, sizeof(VEC));
+        for (int r = 0; r < R; ++r) {
+            const T x = a[r * lda + k]; /* broadcast by the vector product */
+            for (int v = 0; v < C; ++v)
+                acc[r][v] += x * w[v];
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        T *crow = c + r * ldc;
+        for (int v = 0; v < C; ++v) {
+            ptrdiff_t col = (ptrdiff_t)v * VW;
+            if (col + VW <= width) {
+                VEC old = (VEC){0};
+                if (beta)
+                    memcpy(&old, crow + col, sizeof(VEC));
+                VEC sum = acc[r][v] + old;
+                memcpy(crow + col, &sum, sizeof(VEC));
+            } else { /* the last, partial vector of a row */
+                T lanes[VW];
+                memcpy(lanes, &acc[r][v], sizeof(VEC));
+                for (ptrdiff_t u = 0; col + u < width; ++u)
+                    crow[col + u] = lanes[u] + (beta ? crow[col + u] : (T)0);
+            }
+        }
+    }
+}
+
+#define TILE_CASE(R)                                                                          \
+    switch (cv) {                                                                             \
+    case 4: NAME(tile)(R, 4, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
+    case 3: NAME(tile)(R, 3, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
+    case 2: NAME(tile)(R, 2, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
+    default: NAME(tile)(R, 1, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
+    }
+
+FASTRNN_CLONES
+void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
+                              const T *packed, ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc)
+{
+    const ptrdiff_t tile_cols = 4 * VW;
+    for (ptrdiff_t col0 = 0; col0 < N; col0 += tile_cols) {
+        ptrdiff_t width = N - col0 < tile_cols ? N - col0 : tile_cols;
+        int cv = (int)((width + VW - 1) / VW);
+        const T *bcol = packed + col0;
+        for (ptrdiff_t b0 = 0; b0 < n; b0 += 4) {
+            T *ccol = c + b0 * ldc + col0;
+            switch (n - b0 >= 4 ? 4 : (int)(n - b0)) {
+            case 4: TILE_CASE(4) break;
+            case 3: TILE_CASE(3) break;
+            case 2: TILE_CASE(2) break;
+            default: TILE_CASE(1) break;
+            }
+        }
+    }
+}
+
+#undef TILE_CASE
+#undef VEC
+#undef NAME
+#undef CAT
+#undef CAT_
