@@ -9,19 +9,19 @@
 
 typedef T VEC __attribute__((vector_size(VW * sizeof(T)), aligned(sizeof(T))));
 
+#define PW (4 * VW)
+
 void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
-                        T *packed, ptrdiff_t ldb)
+                        T *packed)
 {
-    for (ptrdiff_t k = 0; k < K; ++k) {
-        T *row = packed + k * ldb;
-        if (trans)
-            for (ptrdiff_t j = 0; j < N; ++j)
-                row[j] = w[j * ldw + k];
-        else
-            for (ptrdiff_t j = 0; j < N; ++j)
-                row[j] = w[k * ldw + j];
-        for (ptrdiff_t j = N; j < ldb; ++j)
-            row[j] = (T)0;
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += PW) {
+        T *panel = packed + j0 * K; /* panels of PW columns lie one after another */
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            for (ptrdiff_t u = 0; u < PW; ++u) {
+                ptrdiff_t j = j0 + u;
+                panel[k * PW + u] = j >= N ? (T)0 : trans ? w[j * ldw + k] : w[k * ldw + j];
+            }
+        }
     }
 }
 
@@ -67,21 +67,21 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
-    case 3: NAME(tile)(R, 3, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
-    case 2: NAME(tile)(R, 2, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
-    default: NAME(tile)(R, 1, K, a + b0 * lda, lda, bcol, ldb, beta, ccol, ldc, width); break; \
+    case 4: NAME(tile)(R, 4, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
+    case 3: NAME(tile)(R, 3, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
+    case 2: NAME(tile)(R, 2, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
+    default: NAME(tile)(R, 1, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
     }
 
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
-                              const T *packed, ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc)
+                              const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+                              ptrdiff_t ldc)
 {
-    const ptrdiff_t tile_cols = 4 * VW;
-    for (ptrdiff_t col0 = 0; col0 < N; col0 += tile_cols) {
-        ptrdiff_t width = N - col0 < tile_cols ? N - col0 : tile_cols;
+    for (ptrdiff_t col0 = 0; col0 < N; col0 += PW) {
+        ptrdiff_t width = N - col0 < PW ? N - col0 : PW;
         int cv = (int)((width + VW - 1) / VW);
-        const T *bcol = packed + col0;
+        const T *panel = packed + col0 / PW * panel_stride;
         for (ptrdiff_t b0 = 0; b0 < n; b0 += 4) {
             T *ccol = c + b0 * ldc + col0;
             switch (n - b0 >= 4 ? 4 : (int)(n - b0)) {
@@ -95,6 +95,7 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
 }
 
 #undef TILE_CASE
+#undef PW
 #undef VEC
 #undef NAME
 #undef CAT

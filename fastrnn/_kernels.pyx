@@ -85,24 +85,23 @@ cdef extern from "fastrnn_cells.h" nogil:
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
-                          float *packed, Py_ssize_t ldb)
+                          float *packed)
     void fastrnn_pack_f64(Py_ssize_t K, Py_ssize_t N, int trans, const double *w,
-                          Py_ssize_t ldw, double *packed, Py_ssize_t ldb)
+                          Py_ssize_t ldw, double *packed)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
-                                Py_ssize_t lda, const float *packed, Py_ssize_t ldb, int beta,
-                                float *c, Py_ssize_t ldc)
+                                Py_ssize_t lda, const float *packed, Py_ssize_t panel_stride,
+                                int beta, float *c, Py_ssize_t ldc)
     void fastrnn_small_gemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double *a,
-                                Py_ssize_t lda, const double *packed, Py_ssize_t ldb, int beta,
-                                double *c, Py_ssize_t ldc)
-    Py_ssize_t fastrnn_packed_ld_f32(Py_ssize_t N)
-    Py_ssize_t fastrnn_packed_ld_f64(Py_ssize_t N)
+                                Py_ssize_t lda, const double *packed, Py_ssize_t panel_stride,
+                                int beta, double *c, Py_ssize_t ldc)
+    Py_ssize_t fastrnn_packed_size_f32(Py_ssize_t K, Py_ssize_t N)
+    Py_ssize_t fastrnn_packed_size_f64(Py_ssize_t K, Py_ssize_t N)
+    const int FASTRNN_PANEL_F32
+    const int FASTRNN_PANEL_F64
 
 # Batches up to this size take the own small-batch kernel for the per-step products; larger
 # ones take BLAS, whose per-call overhead is then small next to the arithmetic.
 DEF SMALL_BATCH = 16
-# Vector lanes of padding after a packed matrix: a product over a column offset of it
-# (GRU reset-before's n block) may load up to one vector past its last row.
-DEF PACK_TAIL = 16
 
 # Cell kinds; fastrnn/_layer.py mirrors these numbers.
 DEF RNN_TANH = 0
@@ -155,46 +154,56 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
               c, &ldc)
 
 
-cdef inline Py_ssize_t packed_ld(Py_ssize_t N, floating dummy) noexcept nogil:
-    if floating is float:
-        return fastrnn_packed_ld_f32(N)
-    else:
-        return fastrnn_packed_ld_f64(N)
+cdef inline Py_ssize_t packed_size(Py_ssize_t K, Py_ssize_t N, bint double) noexcept nogil:
+    return fastrnn_packed_size_f64(K, N) if double else fastrnn_packed_size_f32(K, N)
 
 
-def packed_size(Py_ssize_t batch, Py_ssize_t K, Py_ssize_t N, bint double):
-    """Elements of the WORK buffer that holds a (K, N) matrix packed for the small-batch
-    kernel, or 0 when a batch this large takes BLAS instead."""
+cdef inline Py_ssize_t panel(floating dummy) noexcept nogil:
+    """Columns per panel of a packed matrix."""
+    return FASTRNN_PANEL_F32 if floating is float else FASTRNN_PANEL_F64
+
+
+def forward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
+    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (GRU_B packs
+    its r,z and n blocks apart), or 0 when a batch this large takes BLAS."""
     if batch > SMALL_BATCH:
         return 0
-    cdef Py_ssize_t ld = fastrnn_packed_ld_f64(N) if double else fastrnn_packed_ld_f32(N)
-    return K * ld + PACK_TAIL
+    if cell == GRU_B:
+        return packed_size(H, 2 * H, double) + packed_size(H, H, double)
+    return packed_size(P, num_gates(cell) * H, double)
+
+
+def backward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
+    """Elements of backward()'s `wpack`: W_hh packed, or 0 when the batch takes BLAS."""
+    return 0 if batch > SMALL_BATCH else packed_size(num_gates(cell) * H, P, double)
 
 
 cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w, Py_ssize_t ldw,
                       floating *packed) noexcept nogil:
-    """packed (K, ld) := w (K, N), or w^T when w is (N, K) (trans), zero-padded."""
+    """packed := w (K, N), or w^T when w is (N, K) (trans), in the kernel's panels."""
     if floating is float:
-        fastrnn_pack_f32(K, N, trans, w, ldw, packed, fastrnn_packed_ld_f32(N))
+        fastrnn_pack_f32(K, N, trans, w, ldw, packed)
     else:
-        fastrnn_pack_f64(K, N, trans, w, ldw, packed, fastrnn_packed_ld_f64(N))
+        fastrnn_pack_f64(K, N, trans, w, ldw, packed)
 
 
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
                                   const floating *w, int ldw, bint w_is_nk,
-                                  const floating *packed, int ldp, bint accumulate,
-                                  floating *out, int ldout) noexcept nogil:
+                                  const floating *packed, Py_ssize_t panel_stride,
+                                  bint accumulate, floating *out, int ldout) noexcept nogil:
     """out (n, cols) := a (n, K) @ op(w) (+ out if accumulate); op(w) = w^T if w is (cols, K)
     (w_is_nk), else w (K, cols).
 
     The per-step product. Every step of every cell goes through here: small batches take the
-    own kernel on `packed` (op(w) packed once per call, row stride ldp), larger ones BLAS.
+    own kernel on `packed` (op(w) packed once per call), larger ones BLAS on w.
     """
     if packed != NULL:
         if floating is float:
-            fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, ldp, accumulate, out, ldout)
+            fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
+                                   ldout)
         else:
-            fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, ldp, accumulate, out, ldout)
+            fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
+                                   ldout)
     else:
         gemm(False, w_is_nk, n, cols, K, <floating> 1, a, lda, w, ldw,
              <floating> (1 if accumulate else 0), out, ldout)
@@ -339,7 +348,8 @@ def forward(int cell,
     cdef bint proj = w_hr.shape[0] > 0
     cdef floating *hcell
     cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
-    cdef int ldp = <int> packed_ld(GH, <floating> 0)
+    cdef floating *pk_n = NULL             # GRU_B: W_hn^T, packed apart from W_h{r,z}^T
+    cdef Py_ssize_t ldp = P * panel(<floating> 0)  # panel stride of W_hh^T (K = P rows)
     cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
     cdef bint relu = cell == RNN_RELU
     cdef Py_ssize_t s, j, n = B, r, steps = 0
@@ -357,7 +367,11 @@ def forward(int cell,
             memcpy(&hs[0, j, 0], &h0[order[j], 0], P * sizeof(floating))
             if cell == LSTM:
                 memcpy(&cs[0, j, 0], &c0[order[j], 0], H * sizeof(floating))
-        if pk != NULL:
+        if pk != NULL and cell == GRU_B:
+            pack(H, 2 * H, True, &w_hh[0, 0], H, pk)
+            pk_n = pk + packed_size(H, 2 * H, floating is double)
+            pack(H, H, True, &w_hh[2 * H, 0], H, pk_n)
+        elif pk != NULL:
             pack(P, GH, True, &w_hh[0, 0], P, pk)
         if S > 0:
             # (1) input projection of every step at once. Biases fold into it where they
@@ -422,8 +436,8 @@ def forward(int cell,
                 else:
                     fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, &work[0, 0])
                 recurrent_matmul(<int> n, <int> H, <int> H, &work[0, 0], <int> H,
-                                 &w_hh[2 * H, 0], <int> H, True, pk + 2 * H if pk else NULL,
-                                 ldp, True, pre + 2 * H, <int> GH)
+                                 &w_hh[2 * H, 0], <int> H, True, pk_n, ldp, True, pre + 2 * H,
+                                 <int> GH)
                 if floating is float:
                     fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
                 else:
@@ -493,7 +507,7 @@ def backward(int cell,
     cdef bint proj = w_hr.shape[0] > 0
     cdef bint relu = cell == RNN_RELU
     cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
-    cdef int ldp = <int> packed_ld(P, <floating> 0)
+    cdef Py_ssize_t ldp = GH * panel(<floating> 0)  # panel stride of W_hh (K = G*H rows)
     cdef Py_ssize_t s, j, n
     cdef floating *dh = &work[0, 0]
     cdef floating *dc = &work[B, 0]
@@ -573,7 +587,8 @@ def backward(int cell,
                     # (B2): d rh = d a_n W_hn, into dh (free now)
                     recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH,
                                      &w_hh[2 * H, 0], <int> H, False,
-                                     pk + 2 * H * ldp if pk else NULL, ldp, False, dh, <int> H)
+                                     pk + 2 * H * panel(<floating> 0) if pk else NULL, ldp,
+                                     False, dh, <int> H)
                     if floating is float:
                         fastrnn_grub_rz_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
                     else:

@@ -148,7 +148,9 @@ def forward(
     work = buffer("work", (B, 3 * H))
     hraw = buffer("hraw", (S if training and weights.w_hr is not None else 0, B, H))
     w_hr = weights.w_hr if weights.w_hr is not None else buffer("no_w_hr", (0, H))
-    wpack = buffer("wpack", (_kernels.packed_size(B, P, G * H, dtype == np.float64),))
+    wpack = buffer(
+        "wpack", (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, dtype == np.float64),)
+    )
 
     _kernels.forward(
         CELL_CODES[cell], training, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
@@ -200,7 +202,9 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dgh = np.empty((S * B if tape.cell == "gru" else 0, G * H), dtype)
     dhs = np.empty((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
-    wpack = np.empty(_kernels.packed_size(B, G * H, P, dtype == np.float64), dtype)
+    wpack = np.empty(
+        _kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, dtype == np.float64), dtype
+    )
 
     _kernels.backward(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
