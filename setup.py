@@ -19,7 +19,9 @@ extensions = [
         ],  # fmt: skip
         # -fno-trapping-math lets GCC if-convert (and so vectorise) the activation selects;
         # values stay IEEE (no -ffast-math, no -march=native: wheels run on any x86-64).
-        extra_compile_args=["-O3", "-fno-trapping-math", "-std=gnu11"],
+        # -fopenmp: row ranges of a batch run on their own threads (prange).
+        extra_compile_args=["-O3", "-fno-trapping-math", "-std=gnu11", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
     ),
 ]
 

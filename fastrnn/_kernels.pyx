@@ -24,6 +24,7 @@ and are permuted here.
 Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 """
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -99,9 +100,10 @@ cdef extern from "fastrnn_matmul.h" nogil:
     const int FASTRNN_PANEL_F32
     const int FASTRNN_PANEL_F64
 
-# Batches up to this size take the own small-batch kernel for the per-step products; larger
-# ones take BLAS, whose per-call overhead is then small next to the arithmetic.
-DEF SMALL_BATCH = 16
+# Batches up to this size take the own kernel for the per-step products; larger ones take
+# BLAS. Measured (LSTM and GRU, 1 thread, bench/compare.py shapes): the own kernel is
+# faster than OpenBLAS at every batch up to 64, by 1.5-10x at batch 1.
+DEF SMALL_BATCH = 128
 
 # Cell kinds; fastrnn/_layer.py mirrors these numbers.
 DEF RNN_TANH = 0
@@ -123,11 +125,6 @@ cdef inline int num_gates(int cell) noexcept nogil:
     if cell == GRU or cell == GRU_B:
         return 3
     return 1
-
-
-cdef inline int saved_width(int cell) noexcept nogil:
-    """Columns of saved activations per row, in units of H (see fastrnn_cells.h)."""
-    return 0 if cell == RNN_TANH or cell == RNN_RELU else 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,29 +232,6 @@ cdef void column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ss
             out[k] += a[r * lda + k]
 
 
-cdef inline void zero_saved_rows(int cell, Py_ssize_t s, Py_ssize_t first, Py_ssize_t B,
-                                 Py_ssize_t H, Py_ssize_t P, floating[:, :, ::1] hs,
-                                 floating[:, :, ::1] cs, floating[:, :, ::1] acts,
-                                 floating[:, :, ::1] hraw) noexcept nogil:
-    """Zero what training saved at step s for rows first..B-1 (rows that have finished)."""
-    cdef Py_ssize_t rows = B - first
-    memset(&hs[s + 1, first, 0], 0, rows * P * sizeof(floating))
-    if cell == LSTM:
-        memset(&cs[s + 1, first, 0], 0, rows * H * sizeof(floating))
-    if acts.shape[0] > 0:
-        memset(&acts[s, first, 0], 0, rows * 4 * H * sizeof(floating))
-    if hraw.shape[0] > 0:
-        memset(&hraw[s, first, 0], 0, rows * H * sizeof(floating))
-
-
-cdef inline Py_ssize_t active_rows(Py_ssize_t n, Py_ssize_t s, const int64_t *lengths,
-                                   const int64_t *order) noexcept nogil:
-    """Rows still running at step s, given n at the step before (rows sorted longest first)."""
-    while n > 0 and lengths[order[n - 1]] <= s:
-        n -= 1
-    return n
-
-
 # ---------------------------------------------------------------------------------------
 # Layout conversion
 # ---------------------------------------------------------------------------------------
@@ -302,6 +276,263 @@ def scatter_steps(const floating[:, :, ::1] src,    # IN  (S, B, F) compact
 
 
 # ---------------------------------------------------------------------------------------
+# The time loops, over a range of compact rows
+# ---------------------------------------------------------------------------------------
+#
+# Rows of a batch never interact, so a call splits its compact rows into contiguous ranges
+# (fastrnn/_layer.py balances them by token count) and runs each range's whole time loop on
+# its own thread, with no barrier between steps. Each row's numbers are computed by the same
+# operations in the same order whatever the split, so results are bit-identical for any
+# thread count.
+
+cdef struct Seq:
+    # What one forward() or backward() call shares with its row ranges. Buffers are of
+    # the call's float type; the row functions cast them back. Shapes as in forward().
+    int cell
+    bint training
+    bint proj
+    Py_ssize_t S, B, H, P, GH, NH, NA
+    const int64_t *lengths
+    const int64_t *order
+    const void *w_hh
+    const void *w_hr
+    const void *b_hh
+    const void *pk          # W_hh^T (forward) or W_hh (backward) packed, or NULL for BLAS
+    const void *pk_n        # GRU_B forward: W_hn^T packed apart
+    Py_ssize_t panel_stride
+    void *hs
+    void *cs
+    void *acts
+    void *hraw
+    void *work
+    void *yc                # forward: OUT; backward: dL/dy (IN)
+    void *dgh
+    void *dhs
+
+
+cdef inline void zero_saved_rows(const Seq *q, floating *hs, Py_ssize_t s, Py_ssize_t first,
+                                 Py_ssize_t last) noexcept nogil:
+    """Zero what training saved at step s for rows first..last-1 (rows that have finished),
+    so that they add nothing to backward's whole-sequence GEMMs."""
+    cdef Py_ssize_t rows = last - first, B = q.B, H = q.H
+    memset(hs + ((s + 1) * B + first) * q.P, 0, rows * q.P * sizeof(floating))
+    if q.cell == LSTM:
+        memset(<floating *> q.cs + ((s + 1) * B + first) * H, 0, rows * H * sizeof(floating))
+    if q.NA > 0:
+        memset(<floating *> q.acts + (s * B + first) * 4 * H, 0, rows * 4 * H * sizeof(floating))
+    if q.proj:
+        memset(<floating *> q.hraw + (s * B + first) * H, 0, rows * H * sizeof(floating))
+
+
+cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Steps 0..S-1 of compact rows r0..r1-1: recurrent product and gate math per step."""
+    cdef int cell = q.cell
+    cdef bint relu = cell == RNN_RELU, training = q.training
+    cdef Py_ssize_t H = q.H, P = q.P, GH = q.GH, B = q.B, NH = q.NH, ps = q.panel_stride
+    cdef const floating *w_hh = <const floating *> q.w_hh
+    cdef const floating *w_hr = <const floating *> q.w_hr
+    cdef const floating *b_hh = <const floating *> q.b_hh
+    cdef const floating *pk = <const floating *> q.pk
+    cdef const floating *pk_n = <const floating *> q.pk_n
+    cdef floating *hs = <floating *> q.hs
+    cdef floating *cs = <floating *> q.cs
+    cdef floating *yc = <floating *> q.yc
+    cdef floating *work = <floating *> q.work + r0 * 3 * H
+    cdef floating *pre
+    cdef floating *hp
+    cdef floating *hn
+    cdef floating *cp
+    cdef floating *cn
+    cdef floating *act
+    cdef floating *hcell
+    cdef Py_ssize_t s, rows = r1 - r0, n = r1 - r0, steps = 0
+    for s in range(q.S):
+        # rows of this range still running at step s (a prefix: rows are longest first)
+        while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
+            n -= 1
+        if n == 0:
+            break
+        pre = xproj + (s * B + r0) * GH
+        hp = hs + ((s % NH) * B + r0) * P
+        hn = hs + (((s + 1) % NH) * B + r0) * P
+        if training:
+            act = <floating *> q.acts + (s * B + r0) * 4 * H if q.NA > 0 else NULL
+        elif cell == GRU_B:
+            act = <floating *> q.acts + r0 * 4 * H  # one step of scratch
+        else:
+            act = NULL
+        # (2) the recurrent product and the step's gate math
+        if cell == RNN_TANH or cell == RNN_RELU:
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+                             ps, True, pre, <int> GH)
+            if floating is float:
+                fastrnn_rnn_gates_fwd_f32(n, H, relu, pre, hn)
+            else:
+                fastrnn_rnn_gates_fwd_f64(n, H, relu, pre, hn)
+        elif cell == LSTM:
+            cp = cs + ((s % NH) * B + r0) * H
+            cn = cs + (((s + 1) % NH) * B + r0) * H
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+                             ps, True, pre, <int> GH)
+            if not q.proj:
+                hcell = hn
+            elif training:
+                hcell = <floating *> q.hraw + (s * B + r0) * H
+            else:
+                hcell = work
+            if floating is float:
+                fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hcell)
+            else:
+                fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hcell)
+            if q.proj:  # h = W_hr (o * tanh(c))
+                gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
+                     w_hr, <int> H, <floating> 0, hn, <int> P)
+        elif cell == GRU:
+            fill_rows(n, GH, b_hh, work)
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+                             ps, True, work, <int> GH)
+            if floating is float:
+                fastrnn_gru_gates_fwd_f32(n, H, pre, work, hp, act, hn)
+            else:
+                fastrnn_gru_gates_fwd_f64(n, H, pre, work, hp, act, hn)
+        else:  # GRU_B: (B1) needs r before the n-gate's product can start
+            recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, w_hh, <int> H, True,
+                             pk, ps, True, pre, <int> GH)
+            if floating is float:
+                fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, work)
+            else:
+                fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, work)
+            recurrent_matmul(<int> n, <int> H, <int> H, work, <int> H, w_hh + 2 * H * H, <int> H,
+                             True, pk_n, ps, True, pre + 2 * H, <int> GH)
+            if floating is float:
+                fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
+            else:
+                fastrnn_grub_n_fwd_f64(n, H, pre, hp, act, hn)
+        memcpy(yc + (s * B + r0) * P, hn, n * P * sizeof(floating))
+        if n < rows:
+            memset(yc + (s * B + r0 + n) * P, 0, (rows - n) * P * sizeof(floating))
+            if training:
+                zero_saved_rows(q, hs, s, r0 + n, r1)
+        steps = s + 1
+    # steps after every row of the range has finished
+    for s in range(steps, q.S):
+        memset(yc + (s * B + r0) * P, 0, rows * P * sizeof(floating))
+        if training:
+            zero_saved_rows(q, hs, s, r0, r1)
+
+
+cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Steps S-1..0 of compact rows r0..r1-1: gate gradients and the recurrent product."""
+    cdef int cell = q.cell
+    cdef bint relu = cell == RNN_RELU
+    cdef Py_ssize_t H = q.H, P = q.P, GH = q.GH, B = q.B, ps = q.panel_stride
+    cdef const floating *w_hh = <const floating *> q.w_hh
+    cdef const floating *w_hr = <const floating *> q.w_hr
+    cdef const floating *pk = <const floating *> q.pk
+    cdef const floating *hs = <const floating *> q.hs
+    cdef const floating *cs = <const floating *> q.cs
+    cdef const floating *acts = <const floating *> q.acts
+    cdef const floating *dyc = <const floating *> q.yc
+    cdef floating *dh = <floating *> q.work + r0 * P          # (B, P)
+    cdef floating *dc = <floating *> q.work + (B + r0) * H    # (B, H)
+    cdef floating *tmp = <floating *> q.work + (2 * B + r0) * H
+    cdef floating *dg
+    cdef floating *dgh
+    cdef const floating *hp
+    cdef const floating *act
+    cdef floating *hcell
+    cdef Py_ssize_t s, rows = r1 - r0, n = 0
+    for s in range(q.S - 1, -1, -1):
+        # rows of this range running at step s: those with length > s
+        while n < rows and q.lengths[q.order[r0 + n]] > s:
+            n += 1
+        dg = dgx + (s * B + r0) * GH
+        dgh = <floating *> q.dgh + (s * B + r0) * GH
+        if n < rows:  # finished rows hold zero gate gradients
+            memset(dg + n * GH, 0, (rows - n) * GH * sizeof(floating))
+            if cell == GRU:
+                memset(dgh + n * GH, 0, (rows - n) * GH * sizeof(floating))
+            if q.proj:
+                memset(<floating *> q.dhs + (s * B + r0 + n) * P, 0,
+                       (rows - n) * P * sizeof(floating))
+        if n == 0:
+            continue
+        add_rows(n, P, dyc + (s * B + r0) * P, dh)
+        hp = hs + (s * B + r0) * P
+        act = acts + (s * B + r0) * 4 * H
+        if cell == RNN_TANH or cell == RNN_RELU:
+            if floating is float:
+                fastrnn_rnn_gates_bwd_f32(n, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
+            else:
+                fastrnn_rnn_gates_bwd_f64(n, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
+            # dh_prev = dpre W_hh
+            recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, w_hh, <int> H, False, pk,
+                             ps, False, dh, <int> H)
+        elif cell == LSTM:
+            hcell = dh
+            if q.proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
+                memcpy(<floating *> q.dhs + (s * B + r0) * P, dh, n * P * sizeof(floating))
+                gemm(False, False, <int> n, <int> H, <int> P, <floating> 1, dh, <int> P, w_hr,
+                     <int> H, <floating> 0, tmp, <int> H)
+                hcell = tmp
+            if floating is float:
+                fastrnn_lstm_gates_bwd_f32(n, H, act, cs + (s * B + r0) * H,
+                                           cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
+            else:
+                fastrnn_lstm_gates_bwd_f64(n, H, act, cs + (s * B + r0) * H,
+                                           cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
+            recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, w_hh, <int> P, False, pk,
+                             ps, False, dh, <int> P)
+        elif cell == GRU:
+            if floating is float:
+                fastrnn_gru_gates_bwd_f32(n, H, act, hp, dh, dg, dgh, tmp)
+            else:
+                fastrnn_gru_gates_bwd_f64(n, H, act, hp, dh, dg, dgh, tmp)
+            # (A1)-(A2) through hh = W_hh h_prev + b_hh
+            recurrent_matmul(<int> n, <int> H, <int> GH, dgh, <int> GH, w_hh, <int> H, False, pk,
+                             ps, True, tmp, <int> H)
+            memcpy(dh, tmp, n * H * sizeof(floating))
+        else:  # GRU_B
+            if floating is float:
+                fastrnn_grub_n_bwd_f32(n, H, act, hp, dh, dg, tmp)
+            else:
+                fastrnn_grub_n_bwd_f64(n, H, act, hp, dh, dg, tmp)
+            # (B2): d rh = d a_n W_hn, into dh (free now)
+            recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH, w_hh + 2 * H * H,
+                             <int> H, False, pk + 2 * H * panel(<floating> 0) if pk else NULL,
+                             ps, False, dh, <int> H)
+            if floating is float:
+                fastrnn_grub_rz_bwd_f32(n, H, act, hp, dh, dg, tmp)
+            else:
+                fastrnn_grub_rz_bwd_f64(n, H, act, hp, dh, dg, tmp)
+            # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
+            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
+                             pk, ps, True, tmp, <int> H)
+            memcpy(dh, tmp, n * H * sizeof(floating))
+
+
+cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bounds,
+                   int nt) noexcept nogil:
+    """The row ranges bounds[t]..bounds[t+1], each on its own thread."""
+    cdef int t
+    if nt <= 1:
+        if backward:
+            backward_rows(q, buf, 0, q.B)
+        else:
+            forward_rows(q, buf, 0, q.B)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        if backward:
+            backward_rows(q, buf, bounds[t], bounds[t + 1])
+        else:
+            forward_rows(q, buf, bounds[t], bounds[t + 1])
+
+
+cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noexcept nogil:
+    return first if size > 0 else NULL
+
+
+# ---------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------
 
@@ -309,7 +540,7 @@ def forward(int cell,
             bint training,                      # keep what backward needs in hs, cs, acts, hraw
             const floating[:, :, ::1] xc,       # IN   (S, B, I) compact input
             const floating[:, ::1] w_ih,        # IN   (G*H, I)
-            const floating[:, ::1] w_hh,        # IN   (G*H, H)
+            const floating[:, ::1] w_hh,        # IN   (G*H, P)
             const floating[::1] b_ih,           # IN   (G*H,)
             const floating[::1] b_hh,           # IN   (G*H,)
             const floating[:, ::1] w_hr,        # IN   (P, H) LSTM projection; (0, H) without
@@ -317,6 +548,7 @@ def forward(int cell,
             const floating[:, ::1] c0,          # IN   (B, H) LSTM; (0, H) otherwise
             const int64_t[::1] lengths,         # IN   (B,) each in [0, S]
             const int64_t[::1] order,           # IN   (B,) rows, longest first
+            const int64_t[::1] bounds,          # IN   (threads + 1,) row ranges, one a thread
             floating[:, :, ::1] yc,             # OUT  (S, B, P) compact output, zero past length
             floating[:, ::1] h_n,               # OUT  (B, P) user row order
             floating[:, ::1] c_n,               # OUT  (B, H) LSTM; (0, H) otherwise
@@ -331,36 +563,33 @@ def forward(int cell,
                                                 #      o * tanh(c) before W_hr; else (0, B, H)
             floating[:, ::1] work,              # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
                                                 #      LSTM projection: o * tanh(c)
-            floating[::1] wpack):               # WORK packed_size(B, P, G*H): W_hh^T for the
-                                                #      small-batch kernel; empty for BLAS
+            floating[::1] wpack):               # WORK forward_pack_size(...): W_hh^T packed for
+                                                #      the small-batch kernel; empty for BLAS
     """Run one layer in one direction over a compact sequence.
 
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
     where h = W_hr (o * tanh(c)) has P < H features).
-    Training mode (hs.shape[0] == S + 1) leaves in hs, cs, acts and hraw what backward
-    needs: hs[s] is the state before step s; rows past a sequence's end are zero.
-    Inference ping-pongs the state between hs[0] and hs[1].
+    Training mode leaves in hs, cs, acts and hraw what backward needs: hs[s] is the state
+    before step s; rows past a sequence's end are zero. Inference ping-pongs the state
+    between hs[0] and hs[1].
     """
+    cdef Seq q
     cdef int G = num_gates(cell)
-    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], P = w_hh.shape[1]
-    cdef Py_ssize_t H = w_hh.shape[0] // G
-    cdef Py_ssize_t GH = G * H
-    cdef bint proj = w_hr.shape[0] > 0
-    cdef floating *hcell
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
+    cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H
+    cdef Py_ssize_t j, r, NH = hs.shape[0]
     cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
-    cdef floating *pk_n = NULL             # GRU_B: W_hn^T, packed apart from W_h{r,z}^T
-    cdef Py_ssize_t ldp = P * panel(<floating> 0)  # panel stride of W_hh^T (K = P rows)
-    cdef Py_ssize_t NH = hs.shape[0], NA = acts.shape[0]
-    cdef bint relu = cell == RNN_RELU
-    cdef Py_ssize_t s, j, n = B, r, steps = 0
-    cdef floating *pre
-    cdef floating *hp
-    cdef floating *hn
-    cdef floating *cp = NULL
-    cdef floating *cn = NULL
-    cdef floating *act = NULL
+    cdef floating *pk_n = NULL
     if B == 0:
         return
+    q.cell, q.training, q.proj = cell, training, w_hr.shape[0] > 0
+    q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, NH, acts.shape[0]
+    q.lengths, q.order = &lengths[0], &order[0]
+    q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), &b_hh[0]
+    q.panel_stride = P * panel(<floating> 0)  # W_hh^T has K = P rows
+    q.hs, q.cs, q.acts = &hs[0, 0, 0], &cs[0, 0, 0], &acts[0, 0, 0]
+    q.hraw, q.work, q.yc = &hraw[0, 0, 0], &work[0, 0], &yc[0, 0, 0]
+    q.dgh = q.dhs = NULL
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
@@ -373,6 +602,7 @@ def forward(int cell,
             pack(H, H, True, &w_hh[2 * H, 0], H, pk_n)
         elif pk != NULL:
             pack(P, GH, True, &w_hh[0, 0], P, pk)
+        q.pk, q.pk_n = pk, pk_n
         if S > 0:
             # (1) input projection of every step at once. Biases fold into it where they
             # add; GRU keeps b_hh apart, since r multiplies its n block (A2).
@@ -381,78 +611,8 @@ def forward(int cell,
             fill_rows(S * B - 1, GH, &xproj[0, 0], &xproj[1, 0])
             gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, &xc[0, 0, 0],
                  <int> I, &w_ih[0, 0], <int> I, <floating> 1, &xproj[0, 0], <int> GH)
-        for s in range(S):
-            n = active_rows(n, s, &lengths[0], &order[0])
-            if n == 0:
-                break
-            pre = &xproj[s * B, 0]
-            hp = &hs[s % NH, 0, 0]
-            hn = &hs[(s + 1) % NH, 0, 0]
-            if training:
-                act = &acts[s, 0, 0] if NA > 0 else NULL
-            elif cell == GRU_B:
-                act = &acts[0, 0, 0]
-            else:
-                act = NULL
-            # (2) the recurrent product and the step's gate math
-            if cell == RNN_TANH or cell == RNN_RELU:
-                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
-                                 True, pk, ldp, True, pre, <int> GH)
-                if floating is float:
-                    fastrnn_rnn_gates_fwd_f32(n, H, relu, pre, hn)
-                else:
-                    fastrnn_rnn_gates_fwd_f64(n, H, relu, pre, hn)
-            elif cell == LSTM:
-                cp = &cs[s % NH, 0, 0]
-                cn = &cs[(s + 1) % NH, 0, 0]
-                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, &w_hh[0, 0], <int> P,
-                                 True, pk, ldp, True, pre, <int> GH)
-                if not proj:
-                    hcell = hn
-                elif training:
-                    hcell = &hraw[s, 0, 0]
-                else:
-                    hcell = &work[0, 0]
-                if floating is float:
-                    fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hcell)
-                else:
-                    fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hcell)
-                if proj:  # h = W_hr (o * tanh(c))
-                    gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
-                         &w_hr[0, 0], <int> H, <floating> 0, hn, <int> P)
-            elif cell == GRU:
-                fill_rows(n, GH, &b_hh[0], &work[0, 0])
-                recurrent_matmul(<int> n, <int> GH, <int> H, hp, <int> H, &w_hh[0, 0], <int> H,
-                                 True, pk, ldp, True, &work[0, 0], <int> GH)
-                if floating is float:
-                    fastrnn_gru_gates_fwd_f32(n, H, pre, &work[0, 0], hp, act, hn)
-                else:
-                    fastrnn_gru_gates_fwd_f64(n, H, pre, &work[0, 0], hp, act, hn)
-            else:  # GRU_B: (B1) needs r before the n-gate's product can start
-                recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, &w_hh[0, 0],
-                                 <int> H, True, pk, ldp, True, pre, <int> GH)
-                if floating is float:
-                    fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, &work[0, 0])
-                else:
-                    fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, &work[0, 0])
-                recurrent_matmul(<int> n, <int> H, <int> H, &work[0, 0], <int> H,
-                                 &w_hh[2 * H, 0], <int> H, True, pk_n, ldp, True, pre + 2 * H,
-                                 <int> GH)
-                if floating is float:
-                    fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
-                else:
-                    fastrnn_grub_n_fwd_f64(n, H, pre, hp, act, hn)
-            memcpy(&yc[s, 0, 0], hn, n * P * sizeof(floating))
-            if n < B:
-                memset(&yc[s, n, 0], 0, (B - n) * P * sizeof(floating))
-                if training:  # finished rows must not feed garbage to backward's GEMMs
-                    zero_saved_rows(cell, s, n, B, H, P, hs, cs, acts, hraw)
-            steps = s + 1
-        # steps after every row has finished
-        for s in range(steps, S):
-            memset(&yc[s, 0, 0], 0, B * P * sizeof(floating))
-            if training:
-                zero_saved_rows(cell, s, 0, B, H, P, hs, cs, acts, hraw)
+            # (2) the time loop, row ranges in parallel
+            run_rows(&q, &xproj[0, 0], False, &bounds[0], <int> (bounds.shape[0] - 1))
         # final state of each row: the state after its own last step
         for j in range(B):
             r = lengths[order[j]] % NH
@@ -472,6 +632,7 @@ def backward(int cell,
              const floating[:, ::1] w_hr,       # IN   (P, H) LSTM projection; (0, H) without
              const int64_t[::1] lengths,        # IN   (B,)
              const int64_t[::1] order,          # IN   (B,)
+             const int64_t[::1] bounds,         # IN   (threads + 1,) row ranges, one a thread
              const floating[:, :, ::1] hs,      # IN   (S+1, B, P) from forward (training)
              const floating[:, :, ::1] cs,      # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
              const floating[:, :, ::1] acts,    # IN   (S, B, 4H); (0, B, 4H) for RNN
@@ -491,8 +652,8 @@ def backward(int cell,
              floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
              floating[:, ::1] dhs,              # WORK (S*B, P) LSTM projection: dL/dh per step
              floating[:, ::1] work,             # WORK (3B, H) dh, dc, dh_prev / drh
-             floating[::1] wpack):              # WORK packed_size(B, G*H, P): W_hh for the
-                                                #      small-batch kernel; empty for BLAS
+             floating[::1] wpack):              # WORK backward_pack_size(...): W_hh packed for
+                                                #      the small-batch kernel; empty for BLAS
     """Backpropagation through time of one forward() call made in training mode.
 
     Steps run from the last down to 0 on the rows still running there; a row's state
@@ -500,126 +661,62 @@ def backward(int cell,
     give the weight, bias and input gradients (rows past a sequence's end hold zero
     gate gradients, so they add nothing).
     """
+    cdef Seq q
     cdef int G = num_gates(cell)
-    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2], P = w_hh.shape[1]
-    cdef Py_ssize_t H = w_hh.shape[0] // G
-    cdef Py_ssize_t GH = G * H, SB = S * B
+    cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
+    cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H, SB = S * B
     cdef bint proj = w_hr.shape[0] > 0
-    cdef bint relu = cell == RNN_RELU
     cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
-    cdef Py_ssize_t ldp = GH * panel(<floating> 0)  # panel stride of W_hh (K = G*H rows)
-    cdef Py_ssize_t s, j, n
     cdef floating *dh = &work[0, 0]
-    cdef floating *dc = &work[B, 0]
-    cdef floating *tmp = &work[2 * B, 0]
-    cdef floating *dg
-    cdef floating *hp
-    cdef floating *hcell
+    cdef floating *dc = dh + B * H
+    cdef Py_ssize_t j
+    q.cell, q.training, q.proj = cell, True, proj
+    q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, S + 1, acts.shape[0]
+    q.lengths, q.order = &lengths[0], &order[0]
+    q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), NULL
+    q.pk, q.pk_n = pk, NULL
+    q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
+    q.hs, q.cs, q.acts = <void *> &hs[0, 0, 0], <void *> &cs[0, 0, 0], <void *> &acts[0, 0, 0]
+    q.hraw, q.work, q.yc = <void *> &hraw[0, 0, 0], &work[0, 0], <void *> &dyc[0, 0, 0]
+    q.dgh, q.dhs = &dgh[0, 0], &dhs[0, 0]
     with nogil:
         memset(&dw_ih[0, 0], 0, GH * I * sizeof(floating))
         memset(&dw_hh[0, 0], 0, GH * P * sizeof(floating))
-        if proj:
-            memset(&dw_hr[0, 0], 0, P * H * sizeof(floating))
         memset(&db_ih[0], 0, GH * sizeof(floating))
         memset(&db_hh[0], 0, GH * sizeof(floating))
-        if pk != NULL:
-            pack(GH, P, False, &w_hh[0, 0], P, pk)
+        if proj:
+            memset(&dw_hr[0, 0], 0, P * H * sizeof(floating))
         if B > 0:
+            if pk != NULL:
+                pack(GH, P, False, &w_hh[0, 0], P, pk)
             for j in range(B):
                 memcpy(dh + j * P, &dh_n[order[j], 0], P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(dc + j * H, &dc_n[order[j], 0], H * sizeof(floating))
-            n = 0
-            for s in range(S - 1, -1, -1):
-                # rows running at step s: those with length > s (a prefix, longest first)
-                while n < B and lengths[order[n]] > s:
-                    n += 1
-                dg = &dgx[s * B, 0]
-                if n < B:
-                    memset(dg + n * GH, 0, (B - n) * GH * sizeof(floating))
-                    if cell == GRU:
-                        memset(&dgh[s * B + n, 0], 0, (B - n) * GH * sizeof(floating))
-                if proj and n < B:
-                    memset(&dhs[s * B + n, 0], 0, (B - n) * P * sizeof(floating))
-                if n == 0:
-                    continue
-                add_rows(n, P, &dyc[s, 0, 0], dh)
-                hp = <floating *> &hs[s, 0, 0]
-                if cell == RNN_TANH or cell == RNN_RELU:
-                    if floating is float:
-                        fastrnn_rnn_gates_bwd_f32(n, H, relu, &hs[s + 1, 0, 0], dh, dg)
-                    else:
-                        fastrnn_rnn_gates_bwd_f64(n, H, relu, &hs[s + 1, 0, 0], dh, dg)
-                    # dh_prev = dpre W_hh
-                    recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, &w_hh[0, 0],
-                                     <int> H, False, pk, ldp, False, dh, <int> H)
-                elif cell == LSTM:
-                    hcell = dh
-                    if proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
-                        memcpy(&dhs[s * B, 0], dh, n * P * sizeof(floating))
-                        gemm(False, False, <int> n, <int> H, <int> P, <floating> 1, dh, <int> P,
-                             &w_hr[0, 0], <int> H, <floating> 0, tmp, <int> H)
-                        hcell = tmp
-                    if floating is float:
-                        fastrnn_lstm_gates_bwd_f32(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
-                                                   &cs[s + 1, 0, 0], hcell, dc, dg)
-                    else:
-                        fastrnn_lstm_gates_bwd_f64(n, H, &acts[s, 0, 0], &cs[s, 0, 0],
-                                                   &cs[s + 1, 0, 0], hcell, dc, dg)
-                    recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, &w_hh[0, 0],
-                                     <int> P, False, pk, ldp, False, dh, <int> P)
-                elif cell == GRU:
-                    if floating is float:
-                        fastrnn_gru_gates_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
-                                                  tmp)
-                    else:
-                        fastrnn_gru_gates_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, &dgh[s * B, 0],
-                                                  tmp)
-                    # (A1)-(A2) through hh = W_hh h_prev + b_hh
-                    recurrent_matmul(<int> n, <int> H, <int> GH, &dgh[s * B, 0], <int> GH,
-                                     &w_hh[0, 0], <int> H, False, pk, ldp, True, tmp, <int> H)
-                    memcpy(dh, tmp, n * H * sizeof(floating))
-                else:  # GRU_B
-                    if floating is float:
-                        fastrnn_grub_n_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
-                    else:
-                        fastrnn_grub_n_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
-                    # (B2): d rh = d a_n W_hn, into dh (free now)
-                    recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH,
-                                     &w_hh[2 * H, 0], <int> H, False,
-                                     pk + 2 * H * panel(<floating> 0) if pk else NULL, ldp,
-                                     False, dh, <int> H)
-                    if floating is float:
-                        fastrnn_grub_rz_bwd_f32(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
-                    else:
-                        fastrnn_grub_rz_bwd_f64(n, H, &acts[s, 0, 0], hp, dh, dg, tmp)
-                    # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
-                    recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, &w_hh[0, 0],
-                                     <int> H, False, pk, ldp, True, tmp, <int> H)
-                    memcpy(dh, tmp, n * H * sizeof(floating))
+            run_rows(&q, &dgx[0, 0], True, &bounds[0], <int> (bounds.shape[0] - 1))
             for j in range(B):
                 memcpy(&dh0[order[j], 0], dh + j * P, P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(&dc0[order[j], 0], dc + j * H, H * sizeof(floating))
             if S > 0:
                 # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
-                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, &dgx[0, 0], <int> GH,
-                     &xc[0, 0, 0], <int> I, <floating> 0, &dw_ih[0, 0], <int> I)
-                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, &dgx[0, 0], <int> GH,
-                     &w_ih[0, 0], <int> I, <floating> 0, &dxc[0, 0, 0], <int> I)
+                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, &dgx[0, 0],
+                     <int> GH, &xc[0, 0, 0], <int> I, <floating> 0, &dw_ih[0, 0], <int> I)
+                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, &dgx[0, 0],
+                     <int> GH, &w_ih[0, 0], <int> I, <floating> 0, &dxc[0, 0, 0], <int> I)
                 column_sums(SB, GH, &dgx[0, 0], GH, &db_ih[0])
                 # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
                 if cell == GRU:
-                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgh[0, 0], <int> GH,
-                         &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
+                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgh[0, 0],
+                         <int> GH, &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
                     column_sums(SB, GH, &dgh[0, 0], GH, &db_hh[0])
                 elif cell == GRU_B:
                     # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
                     gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, &dgx[0, 0],
                          <int> GH, &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
                     gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, &dgx[0, 2 * H],
-                         <int> GH, &acts[0, 0, 3 * H], <int> (4 * H), <floating> 0, &dw_hh[2 * H, 0],
-                         <int> H)
+                         <int> GH, &acts[0, 0, 3 * H], <int> (4 * H), <floating> 0,
+                         &dw_hh[2 * H, 0], <int> H)
                     memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
                 else:
                     gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, &dgx[0, 0],

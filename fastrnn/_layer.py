@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 
 CELL_CODES = {
     "rnn_tanh": _kernels.CELL_RNN_TANH,
@@ -48,6 +48,7 @@ class Tape:
     hraw: np.ndarray  # (S, B, H) LSTM projection's input; empty otherwise
     lengths: np.ndarray  # (B,) int64
     order: np.ndarray  # (B,) int64, longest first
+    bounds: np.ndarray  # (threads + 1,) int64 row ranges
     reverse: bool
     identity: bool  # compact layout == user layout (forward, no lengths)
     T: int
@@ -151,10 +152,11 @@ def forward(
     wpack = buffer(
         "wpack", (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, dtype == np.float64),)
     )
+    bounds = _threads.row_bounds(lens[order], G * H * P)
 
     _kernels.forward(
         CELL_CODES[cell], training, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
-        h0, c0, lens, order, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
+        h0, c0, lens, order, bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
     )  # fmt: skip
 
     if identity:
@@ -164,7 +166,9 @@ def forward(
         _kernels.scatter_steps(yc, lens, order, reverse, y)
     tape = None
     if training:
-        tape = Tape(cell, weights, xc, hs, cs, acts, hraw, lens, order, reverse, identity, T)
+        tape = Tape(
+            cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, reverse, identity, T
+        )
     return y, h_n, (c_n if is_lstm else None), tape
 
 
@@ -208,6 +212,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
 
     _kernels.backward(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
+        tape.bounds,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
         grads["weight_hr"], dgx, dgh, dhs, work, wpack,
