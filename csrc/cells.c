@@ -8,6 +8,23 @@
 #include "fastrnn_cells.h"
 #include "fastrnn_math.h"
 
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <xmmintrin.h>
+#define FASTRNN_FTZ_DAZ 0x8040u /* MXCSR flush-to-zero | denormals-are-zero */
+
+unsigned fastrnn_denormals_flush(void)
+{
+    unsigned previous = _mm_getcsr();
+    _mm_setcsr(previous | FASTRNN_FTZ_DAZ);
+    return previous;
+}
+
+void fastrnn_denormals_restore(unsigned previous) { _mm_setcsr(previous); }
+#else
+unsigned fastrnn_denormals_flush(void) { return 0u; }
+void fastrnn_denormals_restore(unsigned previous) { (void)previous; }
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FASTRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

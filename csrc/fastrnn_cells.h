@@ -89,6 +89,12 @@
     void fastrnn_sigmoid_##SFX(ptrdiff_t n, const T *x, T *y);                                \
     void fastrnn_tanh_##SFX(ptrdiff_t n, const T *x, T *y);
 
+/* Flush denormals to zero (FTZ and DAZ) in this thread; returns the previous setting for
+   fastrnn_denormals_restore. Denormal operands slow some CPUs many-fold; the time loops run
+   with them flushed. No-op where the architecture has no such switch. */
+unsigned fastrnn_denormals_flush(void);
+void fastrnn_denormals_restore(unsigned previous);
+
 FASTRNN_DECLARE(float, f32)
 FASTRNN_DECLARE(double, f64)
 

@@ -8,7 +8,8 @@
  *
  * exp:  x = k ln2 + r, |r| <= ln2/2, k by the 1.5*2^23 rounding trick; e^r by a degree-7
  *       Taylor polynomial (truncation < 4e-9); 2^k built in the exponent bits.
- *       Arguments are clamped to [-87, 88], so the result never overflows or turns denormal.
+ *       Above 87 the result is +inf and below -87 it is 0, so it is never denormal
+ *       (sigmoid(x) is then 0 for x < -87, where the true value is below 1.7e-38).
  * sigmoid(x) = 1 / (1 + e^-x).
  * tanh: odd Taylor polynomial to x^13 for |x| < 0.4 (truncation < 2e-9 relative), else
  *       sign(x) (1 - 2 / (e^2|x| + 1)).
@@ -24,10 +25,10 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float fastrnn_expf(float x)
+static inline float fastrnn_expf(float x_in)
 {
     /* Comparisons, not fminf/fmaxf, so NaN passes through. */
-    x = x > 88.0f ? 88.0f : x;
+    float x = x_in > 87.0f ? 87.0f : x_in;
     x = x < -87.0f ? -87.0f : x;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = x * 1.44269504088896341f + shifter;
@@ -48,7 +49,9 @@ static inline float fastrnn_expf(float x)
     int32_t bits = (ki + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    float e = p * scale;
+    e = x_in > 87.0f ? INFINITY : e;
+    return x_in < -87.0f ? 0.0f : e;
 }
 
 static inline float fastrnn_sigmoidf(float x)

@@ -30,6 +30,8 @@ from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cdef extern from "fastrnn_cells.h" nogil:
+    unsigned fastrnn_denormals_flush()
+    void fastrnn_denormals_restore(unsigned previous)
     void fastrnn_rnn_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, int relu, const float *pre,
                                    float *h)
     void fastrnn_rnn_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, int relu, const double *pre,
@@ -513,19 +515,18 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
 
 cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bounds,
                    int nt) noexcept nogil:
-    """The row ranges bounds[t]..bounds[t+1], each on its own thread."""
+    """The row ranges bounds[t]..bounds[t+1], each on its own thread, denormals flushed."""
     cdef int t
+    cdef unsigned csr
     if nt <= 1:
-        if backward:
-            backward_rows(q, buf, 0, q.B)
-        else:
-            forward_rows(q, buf, 0, q.B)
-        return
+        nt = 1
     for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        csr = fastrnn_denormals_flush()
         if backward:
             backward_rows(q, buf, bounds[t], bounds[t + 1])
         else:
             forward_rows(q, buf, bounds[t], bounds[t + 1])
+        fastrnn_denormals_restore(csr)
 
 
 cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noexcept nogil:

@@ -73,3 +73,34 @@ def run(cell, x, params, h0, c0=None, lengths=None, reverse=False):
         if c is not None:
             c_n[b] = c[0]
     return y, h_n, (c_n if cell == "lstm" else None)
+
+
+def run_model(cell, x, state_dict, num_layers, bidirectional, h0, c0=None, lengths=None):
+    """A stacked, optionally bidirectional model built from `run`, without dropout.
+
+    x is time-major (T, B, I); state_dict uses PyTorch's names (a missing bias is zero);
+    h0 and c0 are (num_layers * D, B, H). Returns y (T, B, D*H), h_n, c_n (or None).
+    """
+    D = 2 if bidirectional else 1
+    h0 = np.asarray(h0, np.float64)
+    c0 = None if c0 is None else np.asarray(c0, np.float64)
+    layer_in = np.asarray(x, np.float64)
+    h_n, c_n = np.zeros_like(h0), np.zeros_like(h0)
+    for layer in range(num_layers):
+        outs = []
+        for d, sfx in enumerate(("", "_reverse")[:D]):
+            k = layer * D + d  # PyTorch's state index: layer-major, direction-minor
+            w_ih = state_dict[f"weight_ih_l{layer}{sfx}"]
+            w_hh = state_dict[f"weight_hh_l{layer}{sfx}"]
+            zero = np.zeros(w_hh.shape[0])  # bias=False is a zero bias
+            b_ih = state_dict.get(f"bias_ih_l{layer}{sfx}", zero)
+            b_hh = state_dict.get(f"bias_hh_l{layer}{sfx}", zero)
+            y, h_n[k], c = run(
+                cell, layer_in, (w_ih, w_hh, b_ih, b_hh), h0[k],
+                None if c0 is None else c0[k], lengths, reverse=bool(d),
+            )  # fmt: skip
+            if c is not None:
+                c_n[k] = c
+            outs.append(y)
+        layer_in = np.concatenate(outs, axis=2)  # directions side by side, forward first
+    return layer_in, h_n, (c_n if c0 is not None else None)

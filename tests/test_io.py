@@ -274,7 +274,7 @@ def test_bad_metadata_fields(tmp_path, saved, change, problem):
     ("change", "problem"),
     [
         ({"hidden_size": 0}, r"LSTM rejects the saved config .*hidden_size must be >= 1"),
-        ({"dropout": 1.5}, r"LSTM rejects the saved config .*dropout must be in \[0, 1\)"),
+        ({"dropout": 1.5}, r"LSTM rejects the saved config .*dropout must be in \[0, 1\]"),
         ({"units": 3}, r"LSTM rejects the saved config .*unexpected keyword argument 'units'"),
         ({"dtype": "float64"}, r"LSTM rejects the saved config .*multiple values.*'dtype'"),
     ],

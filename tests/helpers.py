@@ -1,0 +1,116 @@
+"""Shared test helpers: the per-dtype tolerance table, model and data makers, finite differences.
+
+A plain module (tests/ has no __init__.py; pytest puts this directory on sys.path, as for
+reference.py), so test files import it explicitly rather than reaching into conftest.
+"""
+
+import numpy as np
+
+import fastrnn
+from fastrnn import _layer
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
+NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
+
+# Compiled output against the float64 oracle (or PyTorch), per dtype of the compiled path.
+# Measured on this suite's problems, the worst error is about 1/7 of these bounds at float32
+# (single-precision BLAS and the polynomial activations) and 1/400 at float64 (the bounds
+# leave room for other BLAS builds). Gradients sum over T*B terms, so they get more room.
+TOL = {
+    np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-6},
+    np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-13},
+}
+GRAD_TOL = {
+    np.dtype(np.float32): {"rtol": 5e-5, "atol": 5e-6},
+    np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-12},
+}
+# Central differences in float64 with step FD_EPS: truncation O(eps^2), rounding O(1e-16/eps).
+FD_EPS = 1e-6
+FD_TOL = {"rtol": 1e-6, "atol": 1e-8}
+
+
+def assert_close(actual, desired, dtype, *, grad=False, err_msg=""):
+    """Compare a compiled result with a reference under the tolerance of `dtype`."""
+    tol = (GRAD_TOL if grad else TOL)[np.dtype(dtype)]
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), np.asarray(desired, np.float64), err_msg=err_msg, **tol
+    )
+
+
+def make_model(cell, input_size, hidden_size, **kwargs):
+    """The public model class that runs `cell` (GRU reset-before is GRU(reset_after=False))."""
+    if cell in ("rnn_tanh", "rnn_relu"):
+        return fastrnn.RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
+    if cell == "lstm":
+        return fastrnn.LSTM(input_size, hidden_size, **kwargs)
+    return fastrnn.GRU(input_size, hidden_size, reset_after=cell == "gru", **kwargs)
+
+
+def layer_weights(cell, input_size, hidden_size, dtype, rng, bias=True):
+    """Random LayerWeights in PyTorch's layout and init range (zero biases with bias=False)."""
+    GH = NUM_GATES[cell] * hidden_size
+    k = 1.0 / np.sqrt(hidden_size)
+
+    def uniform(*shape):
+        return rng.uniform(-k, k, size=shape).astype(dtype)
+
+    b_ih, b_hh = (uniform(GH), uniform(GH)) if bias else (np.zeros(GH, dtype), np.zeros(GH, dtype))
+    return _layer.LayerWeights(uniform(GH, input_size), uniform(GH, hidden_size), b_ih, b_hh)
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    """Standard normal data (never all zero), as a C-contiguous array of `dtype`."""
+    return np.ascontiguousarray((scale * rng.standard_normal(shape)).astype(dtype))
+
+
+def lengths_for(kind, B, T, rng):
+    """Per-row lengths: None, "mixed" (unsorted, holds 0 and T when B allows), "full", "zeros"."""
+    if kind is None:
+        return None
+    if kind == "full":
+        return np.full(B, T, dtype=np.int64)
+    if kind == "zeros":
+        return np.zeros(B, dtype=np.int64)
+    assert kind == "mixed"
+    lens = rng.integers(0, T + 1, size=B)
+    lens[: min(B, 2)] = [T, 0][: min(B, 2)]  # the extremes
+    if B > 2:
+        lens[2] = min(1, T)
+    lens = rng.permutation(lens)
+    if B > 2 and np.all(np.diff(lens) <= 0):  # make sure the rows are not already sorted
+        lens = lens[::-1].copy()
+    return lens.astype(np.int64)
+
+
+def numeric_grads(loss, arrays, eps=FD_EPS):
+    """Central differences of loss() with respect to every element of each array in `arrays`.
+
+    The arrays are perturbed in place (loss() must read them live) and restored exactly.
+    """
+    grads = {}
+    for name, arr in arrays.items():
+        g = np.zeros(arr.shape)
+        flat, gflat = arr.reshape(-1), g.reshape(-1)
+        assert np.shares_memory(flat, arr) or arr.size == 0
+        for i in range(flat.size):
+            orig = flat[i]
+            flat[i] = orig + eps
+            up = loss()
+            flat[i] = orig - eps
+            down = loss()
+            flat[i] = orig
+            gflat[i] = (up - down) / (2 * eps)
+        grads[name] = g
+    return grads
+
+
+def assert_grads_match(analytic, numeric):
+    """Every analytic gradient against its finite-difference estimate, named on failure."""
+    assert set(analytic) == set(numeric)
+    for name in numeric:
+        np.testing.assert_allclose(
+            analytic[name], numeric[name], err_msg=f"gradient of {name}", **FD_TOL
+        )
