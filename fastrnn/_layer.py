@@ -22,6 +22,18 @@ CELL_CODES = {
     "gru_reset_before": _kernels.CELL_GRU_B,
 }
 NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
+_FLOAT_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_specialised: dict = {}
+
+
+def _kernel(name: str, dtype: np.dtype):
+    """The float or double specialisation of a fused kernel. Calling the fused function
+    itself matches every argument's type on each call, which costs ~10 us per call."""
+    key = (name, dtype)
+    fn = _specialised.get(key)
+    if fn is None:
+        fn = _specialised[key] = getattr(_kernels, name)[_FLOAT_NAMES[dtype]]
+    return fn
 
 
 @dataclass
@@ -127,7 +139,7 @@ def forward(
         xc = x
     else:
         xc = buffer("xc", (S, B, x.shape[2]))
-        _kernels.gather_steps(x, lens, order, reverse, xc)
+        _kernel("gather_steps", dtype)(x, lens, order, reverse, xc)
     yc = buffer("yc", (S, B, P))
     if h_n is None:
         h_n = buffer("h_n", (B, P))
@@ -154,7 +166,7 @@ def forward(
     )
     bounds = _threads.row_bounds(lens[order], G * H * P)
 
-    _kernels.forward(
+    _kernel("forward", dtype)(
         CELL_CODES[cell], training, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
     )  # fmt: skip
@@ -163,7 +175,7 @@ def forward(
         y = yc
     else:
         y = buffer("y", (T, B, P))
-        _kernels.scatter_steps(yc, lens, order, reverse, y)
+        _kernel("scatter_steps", dtype)(yc, lens, order, reverse, y)
     tape = None
     if training:
         tape = Tape(
@@ -190,7 +202,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         dyc = dy
     else:
         dyc = np.empty((S, B, P), dtype)
-        _kernels.gather_steps(dy, tape.lengths, tape.order, tape.reverse, dyc)
+        _kernel("gather_steps", dtype)(dy, tape.lengths, tape.order, tape.reverse, dyc)
     dc_n_arr = dc_n if is_lstm else np.empty((0, H), dtype)
     dxc = np.empty((S, B, I), dtype)
     dh0 = np.empty((B, P), dtype)
@@ -210,7 +222,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         _kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, dtype == np.float64), dtype
     )
 
-    _kernels.backward(
+    _kernel("backward", dtype)(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
         tape.bounds,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
@@ -224,5 +236,5 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         dx = dxc
     else:
         dx = np.empty((tape.T, B, I), dtype)
-        _kernels.scatter_steps(dxc, tape.lengths, tape.order, tape.reverse, dx)
+        _kernel("scatter_steps", dtype)(dxc, tape.lengths, tape.order, tape.reverse, dx)
     return dx, dh0, (dc0 if is_lstm else None), grads
