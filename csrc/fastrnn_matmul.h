@@ -28,7 +28,14 @@
     /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1 */                     \
     void fastrnn_small_gemm_##SFX(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,           \
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
-                                  int beta, T *c, ptrdiff_t ldc);
+                                  int beta, T *c, ptrdiff_t ldc);                            \
+    /* the same over `blocks` blocks of `rows` rows: row i of block s of A is at              \
+       a + s * a_block + i * lda (likewise C), e.g. a row range of every time step */        \
+    void fastrnn_small_gemm_blocks_##SFX(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N,        \
+                                         ptrdiff_t K, const T *a, ptrdiff_t a_block,          \
+                                         ptrdiff_t lda, const T *packed,                      \
+                                         ptrdiff_t panel_stride, int beta, T *c,               \
+                                         ptrdiff_t c_block, ptrdiff_t ldc);
 
 FASTRNN_DECLARE_MATMUL(float, f32)
 FASTRNN_DECLARE_MATMUL(double, f64)

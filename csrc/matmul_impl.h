@@ -36,10 +36,11 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
 }
 
 /* One tile: R rows (1..4) x C vectors (1..4) of C; R and C are constants after inlining, so
-   the accumulators live in registers. `width` is how many of the tile's columns exist. */
+   the accumulators live in registers. Row r reads a[r] and writes c[r] + col0; `width` is
+   how many of the tile's columns exist. */
 static inline __attribute__((always_inline)) void NAME(tile)(
-    const int R, const int C, ptrdiff_t K, const T *restrict a, ptrdiff_t lda,
-    const T *restrict b, ptrdiff_t ldb, int beta, T *restrict c, ptrdiff_t ldc, ptrdiff_t width)
+    const int R, const int C, ptrdiff_t K, const T *const *a, const T *restrict b, int beta,
+    T *const *c, ptrdiff_t col0, ptrdiff_t width)
 {
     VEC acc[4][4];
     for (int r = 0; r < R; ++r)
@@ -48,15 +49,15 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     for (ptrdiff_t k = 0; k < K; ++k) {
         VEC w[4];
         for (int v = 0; v < C; ++v)
-            memcpy(&w[v], b + k * ldb + v * VW, sizeof(VEC));
+            memcpy(&w[v], b + k * PW + v * VW, sizeof(VEC));
         for (int r = 0; r < R; ++r) {
-            const T x = a[r * lda + k]; /* broadcast by the vector product */
+            const T x = a[r][k]; /* broadcast by the vector product */
             for (int v = 0; v < C; ++v)
                 acc[r][v] += x * w[v];
         }
     }
     for (int r = 0; r < R; ++r) {
-        T *crow = c + r * ldc;
+        T *crow = c[r] + col0;
         for (int v = 0; v < C; ++v) {
             ptrdiff_t col = (ptrdiff_t)v * VW;
             if (col + VW <= width) {
@@ -77,24 +78,34 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
-    case 3: NAME(tile)(R, 3, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
-    case 2: NAME(tile)(R, 2, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
-    default: NAME(tile)(R, 1, K, a + b0 * lda, lda, panel, PW, beta, ccol, ldc, width); break; \
+    case 4: NAME(tile)(R, 4, K, arow, panel, beta, crow, col0, width); break;                 \
+    case 3: NAME(tile)(R, 3, K, arow, panel, beta, crow, col0, width); break;                 \
+    case 2: NAME(tile)(R, 2, K, arow, panel, beta, crow, col0, width); break;                 \
+    default: NAME(tile)(R, 1, K, arow, panel, beta, crow, col0, width); break;                \
     }
 
-FASTRNN_CLONES
-void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
-                              const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-                              ptrdiff_t ldc)
+/* Rows are `blocks` blocks of `rows` rows: row i of block s is at a + s * a_block + i * lda
+   (and likewise in C). A panel of B stays in cache while every row passes over it. */
+static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
+    ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t a_block,
+    ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t c_block,
+    ptrdiff_t ldc)
 {
+    const ptrdiff_t n = blocks * rows;
     for (ptrdiff_t col0 = 0; col0 < N; col0 += PW) {
         ptrdiff_t width = N - col0 < PW ? N - col0 : PW;
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride;
-        for (ptrdiff_t b0 = 0; b0 < n; b0 += 4) {
-            T *ccol = c + b0 * ldc + col0;
-            switch (n - b0 >= 4 ? 4 : (int)(n - b0)) {
+        for (ptrdiff_t r0 = 0; r0 < n; r0 += 4) {
+            const T *arow[4];
+            T *crow[4];
+            int R = n - r0 >= 4 ? 4 : (int)(n - r0);
+            for (int r = 0; r < R; ++r) {
+                ptrdiff_t s = (r0 + r) / rows, i = (r0 + r) % rows;
+                arow[r] = a + s * a_block + i * lda;
+                crow[r] = c + s * c_block + i * ldc;
+            }
+            switch (R) {
             case 4: TILE_CASE(4) break;
             case 3: TILE_CASE(3) break;
             case 2: TILE_CASE(2) break;
@@ -102,6 +113,24 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
             }
         }
     }
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
+                              const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+                              ptrdiff_t ldc)
+{
+    NAME(gemm_blocks)(1, n, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
+                                     const T *a, ptrdiff_t a_block, ptrdiff_t lda,
+                                     const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+                                     ptrdiff_t c_block, ptrdiff_t ldc)
+{
+    NAME(gemm_blocks)(blocks, rows, N, K, a, a_block, lda, packed, panel_stride, beta, c,
+                      c_block, ldc);
 }
 
 #undef TILE_CASE

@@ -97,6 +97,16 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_small_gemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double *a,
                                 Py_ssize_t lda, const double *packed, Py_ssize_t panel_stride,
                                 int beta, double *c, Py_ssize_t ldc)
+    void fastrnn_small_gemm_blocks_f32(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
+                                       Py_ssize_t K, const float *a, Py_ssize_t a_block,
+                                       Py_ssize_t lda, const float *packed,
+                                       Py_ssize_t panel_stride, int beta, float *c,
+                                       Py_ssize_t c_block, Py_ssize_t ldc)
+    void fastrnn_small_gemm_blocks_f64(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
+                                       Py_ssize_t K, const double *a, Py_ssize_t a_block,
+                                       Py_ssize_t lda, const double *packed,
+                                       Py_ssize_t panel_stride, int beta, double *c,
+                                       Py_ssize_t c_block, Py_ssize_t ldc)
     Py_ssize_t fastrnn_packed_size_f32(Py_ssize_t K, Py_ssize_t N)
     Py_ssize_t fastrnn_packed_size_f64(Py_ssize_t K, Py_ssize_t N)
     const int FASTRNN_PANEL_F32
@@ -170,6 +180,12 @@ def forward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bi
     if cell == GRU_B:
         return packed_size(H, 2 * H, double) + packed_size(H, H, double)
     return packed_size(P, num_gates(cell) * H, double)
+
+
+def input_pack_size(Py_ssize_t batch, Py_ssize_t I, Py_ssize_t GH, bint double):
+    """Elements of forward()'s `ipack`: the folded bias (G*H,), then, at a batch the own
+    kernel takes, W_ih^T packed."""
+    return GH + (0 if batch > SMALL_BATCH else packed_size(I, GH, double))
 
 
 def backward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
@@ -302,6 +318,10 @@ cdef struct Seq:
     const void *pk          # W_hh^T (forward) or W_hh (backward) packed, or NULL for BLAS
     const void *pk_n        # GRU_B forward: W_hn^T packed apart
     Py_ssize_t panel_stride
+    const void *xc          # forward: (S, B, I) input, when its projection is done per range
+    Py_ssize_t n_in         # I (the name I is taken by complex.h)
+    const void *ipk         # W_ih^T packed, or NULL when BLAS did the input projection
+    const void *bias        # (G*H,) the biases folded into the input projection
     void *hs
     void *cs
     void *acts
@@ -348,6 +368,21 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef floating *act
     cdef floating *hcell
     cdef Py_ssize_t s, rows = r1 - r0, n = r1 - r0, steps = 0
+    if q.ipk != NULL:
+        # (1) this range's input projection for every step: one pass of the own kernel,
+        # each panel of W_ih^T staying in cache while all the range's rows pass over it
+        for s in range(q.S):
+            fill_rows(rows, GH, <const floating *> q.bias, xproj + (s * B + r0) * GH)
+        if floating is float:
+            fastrnn_small_gemm_blocks_f32(q.S, rows, GH, q.n_in, <const float *> q.xc + r0 * q.n_in,
+                                          B * q.n_in, q.n_in, <const float *> q.ipk,
+                                          q.n_in * panel(<floating> 0), True, xproj + r0 * GH,
+                                          B * GH, GH)
+        else:
+            fastrnn_small_gemm_blocks_f64(q.S, rows, GH, q.n_in, <const double *> q.xc + r0 * q.n_in,
+                                          B * q.n_in, q.n_in, <const double *> q.ipk,
+                                          q.n_in * panel(<floating> 0), True, xproj + r0 * GH,
+                                          B * GH, GH)
     for s in range(q.S):
         # rows of this range still running at step s (a prefix: rows are longest first)
         while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
@@ -564,8 +599,10 @@ def forward(int cell,
                                                 #      o * tanh(c) before W_hr; else (0, B, H)
             floating[:, ::1] work,              # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
                                                 #      LSTM projection: o * tanh(c)
-            floating[::1] wpack):               # WORK forward_pack_size(...): W_hh^T packed for
+            floating[::1] wpack,                # WORK forward_pack_size(...): W_hh^T packed for
                                                 #      the small-batch kernel; empty for BLAS
+            floating[::1] ipack):               # WORK input_pack_size(...): folded bias, then
+                                                #      W_ih^T packed when the own kernel runs
     """Run one layer in one direction over a compact sequence.
 
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
@@ -581,6 +618,8 @@ def forward(int cell,
     cdef Py_ssize_t j, r, NH = hs.shape[0]
     cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
     cdef floating *pk_n = NULL
+    cdef floating *bias = &ipack[0]
+    cdef floating *ipk = &ipack[GH] if ipack.shape[0] > GH else NULL
     if B == 0:
         return
     q.cell, q.training, q.proj = cell, training, w_hr.shape[0] > 0
@@ -591,6 +630,7 @@ def forward(int cell,
     q.hs, q.cs, q.acts = &hs[0, 0, 0], &cs[0, 0, 0], &acts[0, 0, 0]
     q.hraw, q.work, q.yc = &hraw[0, 0, 0], &work[0, 0], &yc[0, 0, 0]
     q.dgh = q.dhs = NULL
+    q.xc, q.n_in, q.ipk, q.bias = &xc[0, 0, 0], I, ipk, bias
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
@@ -605,13 +645,18 @@ def forward(int cell,
             pack(P, GH, True, &w_hh[0, 0], P, pk)
         q.pk, q.pk_n = pk, pk_n
         if S > 0:
-            # (1) input projection of every step at once. Biases fold into it where they
-            # add; GRU keeps b_hh apart, since r multiplies its n block (A2).
+            # (1) the input projection of every step, biases folded in where they add
+            # (GRU keeps b_hh apart, since r multiplies its n block (A2)): here by BLAS at
+            # a large batch, else per row range by the own kernel inside run_rows
             for r in range(GH):
-                xproj[0, r] = b_ih[r] + (b_hh[r] if cell != GRU else <floating> 0)
-            fill_rows(S * B - 1, GH, &xproj[0, 0], &xproj[1, 0])
-            gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, &xc[0, 0, 0],
-                 <int> I, &w_ih[0, 0], <int> I, <floating> 1, &xproj[0, 0], <int> GH)
+                bias[r] = b_ih[r] + (b_hh[r] if cell != GRU else <floating> 0)
+            if ipk != NULL:
+                pack(I, GH, True, &w_ih[0, 0], I, ipk)
+            else:
+                fill_rows(S * B, GH, bias, &xproj[0, 0])
+                gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1,
+                     &xc[0, 0, 0], <int> I, &w_ih[0, 0], <int> I, <floating> 1, &xproj[0, 0],
+                     <int> GH)
             # (2) the time loop, row ranges in parallel
             run_rows(&q, &xproj[0, 0], False, &bounds[0], <int> (bounds.shape[0] - 1))
         # final state of each row: the state after its own last step
@@ -677,6 +722,7 @@ def backward(int cell,
     q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), NULL
     q.pk, q.pk_n = pk, NULL
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
+    q.xc, q.n_in, q.ipk, q.bias = NULL, I, NULL, NULL
     q.hs, q.cs, q.acts = <void *> &hs[0, 0, 0], <void *> &cs[0, 0, 0], <void *> &acts[0, 0, 0]
     q.hraw, q.work, q.yc = <void *> &hraw[0, 0, 0], &work[0, 0], <void *> &dyc[0, 0, 0]
     q.dgh, q.dhs = &dgh[0, 0], &dhs[0, 0]

@@ -164,11 +164,15 @@ def forward(
     wpack = buffer(
         "wpack", (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, dtype == np.float64),)
     )
-    bounds = _threads.row_bounds(lens[order], G * H * P)
+    ipack = buffer(
+        "ipack", (_kernels.input_pack_size(B, x.shape[2], G * H, dtype == np.float64),)
+    )
+    bounds = _threads.row_bounds(lens[order], G * H * (P + x.shape[2]))
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
+        ipack,
     )  # fmt: skip
 
     if identity:

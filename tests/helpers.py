@@ -16,13 +16,18 @@ CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
 NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
 
 # Compiled output against the float64 oracle (or PyTorch), per dtype of the compiled path.
-# Measured on this suite's problems, the worst error is about 1/7 of these bounds at float32
-# (single-precision BLAS and the polynomial activations) and 1/400 at float64 (the bounds
-# leave room for other BLAS builds). Gradients sum over T*B terms, so they get more room.
+# Measured on this suite's problems, the worst error is about 1/4 of these bounds at float32
+# (single-precision products and the polynomial activations) and 1/200 at float64 (the
+# bounds leave room for other BLAS builds and CPUs).
 TOL = {
     np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-6},
     np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-13},
 }
+# Weight and bias gradients are sums over T*B terms, some of them far larger than the sum:
+# their rounding error follows the array's scale, not each element's. So a gradient's atol
+# is relative to max|desired| (when above 1). Measured: at T=3, B=130, in a float32 weight_ih
+# gradient of scale 41, the element 0.08836 is 5.6e-6 off the float64 value in fastrnn and
+# 5.6e-6 off (the other way) in PyTorch.
 GRAD_TOL = {
     np.dtype(np.float32): {"rtol": 5e-5, "atol": 5e-6},
     np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-12},
@@ -34,10 +39,11 @@ FD_TOL = {"rtol": 1e-6, "atol": 1e-8}
 
 def assert_close(actual, desired, dtype, *, grad=False, err_msg=""):
     """Compare a compiled result with a reference under the tolerance of `dtype`."""
-    tol = (GRAD_TOL if grad else TOL)[np.dtype(dtype)]
-    np.testing.assert_allclose(
-        np.asarray(actual, np.float64), np.asarray(desired, np.float64), err_msg=err_msg, **tol
-    )
+    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    tol = dict((GRAD_TOL if grad else TOL)[np.dtype(dtype)])
+    if grad and desired.size:
+        tol["atol"] *= max(1.0, float(np.max(np.abs(desired))))
+    np.testing.assert_allclose(actual, desired, err_msg=err_msg, **tol)
 
 
 def make_model(cell, input_size, hidden_size, **kwargs):

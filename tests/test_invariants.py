@@ -1,9 +1,13 @@
 """Invariants that catch real bugs: chunked runs, bidirectional = forward + reversed run,
-stacked = chained single layers, rows independent of their batch."""
+stacked = chained single layers, rows independent of their batch and of the thread count."""
 
 import numpy as np
 import pytest
+import reference as ref
 from helpers import CELLS, DTYPE_IDS, DTYPES, assert_close, make_model, normal
+
+import fastrnn
+import fastrnn._threads
 
 T, B, I, H = 6, 4, 3, 5  # noqa: E741
 LENGTHS = np.array([4, 6, 0, 2])  # unsorted, with 0 and T
@@ -207,3 +211,163 @@ def test_batch_first_equals_time_major(cell, dtype):
     np.testing.assert_array_equal(g_bf.h0, g.h0)
     for name in g.params:
         np.testing.assert_array_equal(g_bf.params[name], g.params[name])
+
+
+# -- thread count ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def threads():
+    """Set fastrnn's thread count for one test (restored after), with the parallel cut-off
+    at zero so that even these small problems split their rows among threads."""
+    saved = fastrnn.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    yield fastrnn.set_num_threads
+    mp.undo()
+    fastrnn.set_num_threads(saved)
+
+
+def run_model_and_grads(model, cell, x, h0, c0, lens, dy, dh, dc):
+    y, state = model(x, state_args(cell, h0, c0), lengths=lens)
+    y_t, state_t, backward = model.forward_train(x, state_args(cell, h0, c0), lengths=lens)
+    g = backward(dy, (dh, dc) if cell == "lstm" else dh)
+    out = {"y": y, "y_train": y_t, "dx": g.x, "dh0": g.h0, **g.params}
+    out["h_n"], out["c_n"] = split_state(cell, state)
+    out["h_train"], out["c_train"] = split_state(cell, state_t)
+    if cell == "lstm":
+        out["dc0"] = g.c0
+    return {k: v for k, v in out.items() if v is not None}
+
+
+THREAD_BATCHES = [
+    pytest.param(np.array([6, 0, 0, 0, 0]), id="one-long-row"),
+    pytest.param(np.array([3, 6, 0, 2, 6, 1, 5, 4, 6]), id="B9-mixed"),
+    pytest.param(np.array([6, 6]), id="B2-full"),
+    pytest.param(np.array([0, 0, 0]), id="all-zero"),
+]
+
+
+@pytest.mark.parametrize("lens", THREAD_BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_results_do_not_depend_on_thread_count(cell, dtype, lens, threads):
+    """Row ranges run on separate threads; the numbers are bit-identical for any count."""
+    batch = lens.shape[0]
+    rng = np.random.default_rng(37)
+    model = make_model(cell, I, H, num_layers=2, bidirectional=True, dtype=dtype, seed=37)
+    x = normal(rng, (T, batch, I), dtype)
+    h0 = normal(rng, (4, batch, H), dtype, 0.5)
+    c0 = normal(rng, (4, batch, H), dtype, 0.5) if cell == "lstm" else None
+    dy = normal(rng, (T, batch, 2 * H), dtype)
+    dh, dc = normal(rng, (4, batch, H), dtype), normal(rng, (4, batch, H), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    threads(1)
+    serial = run_model_and_grads(*args)
+    y_ref, h_ref, c_ref = ref.run_model(cell, x, model.state_dict(), 2, True, h0, c0, lens)
+    assert_close(serial["y"], y_ref, dtype)
+    assert_close(serial["h_n"], h_ref, dtype)
+    for n in (2, 3):
+        threads(n)
+        parallel = run_model_and_grads(*args)
+        assert parallel.keys() == serial.keys()
+        for name, value in serial.items():
+            np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_parallel_split_at_natural_size(cell):
+    """A problem big enough to split without lowering the cut-off: 2 threads equal 1."""
+    saved = fastrnn.get_num_threads()
+    rng = np.random.default_rng(38)
+    batch, steps, hidden = 40, 12, 64  # about 4 * 64 * 64 * 480 = 7.9M multiply-adds a layer
+    model = make_model(cell, 8, hidden, dtype=np.float32, seed=38)
+    x = normal(rng, (steps, batch, 8), np.float32)
+    lens = rng.integers(0, steps + 1, size=batch)
+    dy = normal(rng, (steps, batch, hidden), np.float32)
+    try:
+        results = []
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            y, _, backward = model.forward_train(x, lengths=lens)
+            g = backward(dy)
+            results.append((y, g.x, g.params["weight_hh_l0"]))
+    finally:
+        fastrnn.set_num_threads(saved)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_callers_denormal_handling_is_untouched(n_threads, threads):
+    """The time loops flush denormals while they run; the calling thread keeps IEEE
+    gradual underflow afterwards."""
+    threads(n_threads)
+    model = make_model("lstm", I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=39)
+    x = normal(np.random.default_rng(39), (T, B, I), np.float64)
+    _, _, backward = model.forward_train(x, lengths=LENGTHS)
+    backward(np.ones((T, B, 2 * H)))
+    model(x)
+    tiny = np.array([2.2250738585072014e-308, 1.1754944e-38])  # smallest normal f64, f32
+    assert (tiny[:1] / 4)[0] != 0  # a float64 denormal result survives (no flush-to-zero)
+    assert (tiny[1:].astype(np.float32) / np.float32(4))[0] != 0
+    assert np.array([5e-324])[0] * 2 != 0  # a denormal input is not read as zero
+
+
+# -- streaming ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_stream_chunks_equal_one_call(cell, dtype, batch_first):
+    """model.stream: chunks of any size (0 included), then single steps, give exactly the
+    numbers of one call over the whole sequence, and the same final state."""
+    rng = np.random.default_rng(40)
+    model = make_model(cell, I, H, num_layers=2, batch_first=batch_first, dtype=dtype, seed=40)
+    steps = 9
+    x_tm = normal(rng, (steps, B, I), dtype)
+    h0, c0 = initial_state(cell, rng, 2, dtype)
+    hx = state_args(cell, h0, c0)
+    y_tm, state = model(x_tm.transpose(1, 0, 2) if batch_first else x_tm, hx)
+    if batch_first:
+        y_tm = y_tm.transpose(1, 0, 2)
+
+    stream = model.stream(B, h0=hx)
+    pieces, t = [], 0
+    for size in (3, 0, 1, 2):
+        chunk = x_tm[t : t + size]
+        y = stream(chunk.transpose(1, 0, 2) if batch_first else chunk)
+        pieces.append(y.transpose(1, 0, 2) if batch_first else y)
+        t += size
+    out = np.empty((B, H), dtype)
+    while t < steps:
+        result = stream.step(x_tm[t], out=out)
+        assert result is out
+        pieces.append(out[None].copy())
+        t += 1
+    np.testing.assert_array_equal(np.concatenate(pieces), y_tm)
+    for a, b in zip(split_state(cell, stream.state), split_state(cell, state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_stream_reset_restarts_only_the_given_rows(cell):
+    rng = np.random.default_rng(41)
+    model = make_model(cell, I, H, num_layers=2, dtype=np.float64, seed=41)
+    x = normal(rng, (5, B, I), np.float64)
+    stream = model.stream(B)
+    stream(x[:3])
+    stream.reset(rows=[1])
+    y = stream(x[3:])
+    y_all, _ = model(x)  # rows other than 1 continue
+    y_fresh, _ = model(x[3:])  # row 1 starts again from zeros
+    keep = [0, 2, 3]
+    np.testing.assert_array_equal(y[:, keep], y_all[3:, keep])
+    np.testing.assert_array_equal(y[:, 1], y_fresh[:, 1])
+
+
+def test_stream_rejects_bidirectional_models():
+    model = make_model("gru", I, H, bidirectional=True)
+    with pytest.raises(ValueError, match=r"streaming needs a unidirectional model"):
+        model.stream(B)

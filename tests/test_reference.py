@@ -25,8 +25,10 @@ SHAPES = [
     pytest.param((7, 5, 9, 8), id="T7-B5-I9-H8"),
     pytest.param((0, 3, 2, 3), id="T0-B3-I2-H3"),
     pytest.param((4, 0, 2, 3), id="T4-B0-I2-H3"),
-    pytest.param((8, 16, 5, 33), id="T8-B16-I5-H33"),  # largest small-batch-kernel batch
-    pytest.param((20, 17, 33, 65), id="T20-B17-I33-H65"),  # BLAS per-step products
+    pytest.param((8, 16, 5, 33), id="T8-B16-I5-H33"),
+    pytest.param((20, 17, 33, 65), id="T20-B17-I33-H65"),
+    # Batches above 128 (SMALL_BATCH in _kernels.pyx) take BLAS for the per-step products.
+    pytest.param((3, 130, 4, 9), id="T3-B130-I4-H9"),
 ]
 LENGTHS = [None, "mixed", "full", "zeros"]
 

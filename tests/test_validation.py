@@ -236,6 +236,38 @@ def test_dtype_not_a_dtype():
         fastrnn.LSTM(I, H, dtype="no such type")
 
 
+@pytest.mark.parametrize("proj_size", [H, H + 1], ids=["equal", "larger"])
+def test_lstm_proj_size_not_smaller_than_hidden_size(proj_size):
+    with pytest.raises(
+        ValueError,
+        match=r"proj_size must be smaller than hidden_size, got "
+        rf"proj_size={proj_size} and hidden_size={H}",
+    ):
+        fastrnn.LSTM(I, H, proj_size=proj_size)
+
+
+def test_lstm_proj_size_negative():
+    with pytest.raises(ValueError, match=r"proj_size must be >= 0, got -1"):
+        fastrnn.LSTM(I, H, proj_size=-1)
+
+
+def test_lstm_projection_state_shapes():
+    """With proj_size P, h0 is (L*D, B, P) and c0 (L*D, B, H); the wrong one is named."""
+    model = fastrnn.LSTM(I, H, proj_size=2)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 3, 2\)"):
+        model(data(), (data((1, B, H)), data((1, B, H))))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(1, 3, 5\)"):
+        model(data(), (data((1, B, 2)), data((1, B, 2))))
+
+
+@pytest.mark.parametrize("n", [0, 1.5], ids=["zero", "float"])
+def test_set_num_threads_rejects(n):
+    before = fastrnn.get_num_threads()
+    with pytest.raises((ValueError, TypeError), match=r"n must be"):
+        fastrnn.set_num_threads(n)
+    assert fastrnn.get_num_threads() == before
+
+
 # -- state_dict --------------------------------------------------------------------------
 
 
