@@ -1,0 +1,47 @@
+"""Type stub of the compiled module fastrnn._kernels (see _kernels.pyx for the contracts).
+
+Every array argument is C-contiguous and of one float type (float32 or float64) per call;
+int64 arrays are as stated. Each kernel has a float and a double specialisation, reachable
+as ``kernel["float"]`` / ``kernel["double"]``.
+"""
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = NDArray[np.floating[Any]]
+_I64 = NDArray[np.int64]
+
+class _Fused:
+    def __call__(self, *args: Any) -> None: ...
+    def __getitem__(self, name: str) -> "_Fused": ...
+
+CELL_RNN_TANH: int
+CELL_RNN_RELU: int
+CELL_LSTM: int
+CELL_GRU: int
+CELL_GRU_B: int
+
+def forward_pack_size(cell: int, batch: int, P: int, H: int, double: bool) -> int: ...
+def input_pack_size(batch: int, I: int, GH: int, double: bool) -> int: ...
+def backward_pack_size(cell: int, batch: int, P: int, H: int, double: bool) -> int: ...
+
+gather_steps: _Fused
+"""gather_steps(src (T,B,F), lengths (B,) int64, order (B,) int64, reverse, dst (S,B,F))"""
+scatter_steps: _Fused
+"""scatter_steps(src (S,B,F), lengths, order, reverse, dst (T,B,F))"""
+forward: _Fused
+"""forward(cell, training, xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order, bounds,
+yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack)"""
+backward: _Fused
+"""backward(cell, xc, w_ih, w_hh, w_hr, lengths, order, bounds, hs, cs, acts, hraw, dyc, dh_n,
+dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs, work, wpack)"""
+sigmoid: _Fused
+"""sigmoid(x (n,), out (n,))"""
+tanh: _Fused
+"""tanh(x (n,), out (n,))"""
+multiply: _Fused
+"""multiply(a (n,), b (n,), out (n,)): out = a * b"""
+add_into: _Fused
+"""add_into(a (n,), out (n,)): out += a"""
