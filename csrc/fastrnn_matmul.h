@@ -35,7 +35,25 @@
                                          ptrdiff_t K, const T *a, ptrdiff_t a_block,          \
                                          ptrdiff_t lda, const T *packed,                      \
                                          ptrdiff_t panel_stride, int beta, T *c,               \
-                                         ptrdiff_t c_block, ptrdiff_t ldc);
+                                         ptrdiff_t c_block, ptrdiff_t ldc);                   \
+    /* C[:, col0:col1] := A^T B[:, col0:col1]: A (K, M) and B (K, N) row-major with strides   \
+       lda, ldb, C (M, N); col0 a multiple of the panel width; buf holds                      \
+       fastrnn_gemm_tn_buffer(M) elements (this call's own). The sum over K runs in a fixed order, so a split of the    \
+       columns among threads gives the same numbers as one call over all of them. */         \
+    void fastrnn_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a,              \
+                               ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,  \
+                               ptrdiff_t col0, ptrdiff_t col1, T *buf);
+
+/* Elements of fastrnn_gemm_tn's buf for M rows of C: a chunk of 64 rows of A^T, padded to
+   a multiple of 4, and one of a panel of B. */
+static inline ptrdiff_t fastrnn_gemm_tn_buffer_f32(ptrdiff_t M)
+{
+    return ((M + 3) / 4 * 4 + 64) * 64;
+}
+static inline ptrdiff_t fastrnn_gemm_tn_buffer_f64(ptrdiff_t M)
+{
+    return ((M + 3) / 4 * 4 + 32) * 64;
+}
 
 FASTRNN_DECLARE_MATMUL(float, f32)
 FASTRNN_DECLARE_MATMUL(double, f64)

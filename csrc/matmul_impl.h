@@ -36,11 +36,12 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
 }
 
 /* One tile: R rows (1..4) x C vectors (1..4) of C; R and C are constants after inlining, so
-   the accumulators live in registers. Row r reads a[r] and writes c[r] + col0; `width` is
-   how many of the tile's columns exist. */
+   the accumulators live in registers. Row r reads a[r][k * ks] (ks = 1: a row of A; ks = lda:
+   a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns
+   exist. B is a packed panel, row stride PW. */
 static inline __attribute__((always_inline)) void NAME(tile)(
-    const int R, const int C, ptrdiff_t K, const T *const *a, const T *restrict b, int beta,
-    T *const *c, ptrdiff_t col0, ptrdiff_t width)
+    const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
+    const T *restrict b, int beta, T *const *c, ptrdiff_t col0, ptrdiff_t width)
 {
     VEC acc[4][4];
     for (int r = 0; r < R; ++r)
@@ -51,7 +52,7 @@ static inline __attribute__((always_inline)) void NAME(tile)(
         for (int v = 0; v < C; ++v)
             memcpy(&w[v], b + k * PW + v * VW, sizeof(VEC));
         for (int r = 0; r < R; ++r) {
-            const T x = a[r][k]; /* broadcast by the vector product */
+            const T x = a[r][k * ks]; /* broadcast by the vector product */
             for (int v = 0; v < C; ++v)
                 acc[r][v] += x * w[v];
         }
@@ -78,11 +79,13 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, arow, panel, beta, crow, col0, width); break;                 \
-    case 3: NAME(tile)(R, 3, K, arow, panel, beta, crow, col0, width); break;                 \
-    case 2: NAME(tile)(R, 2, K, arow, panel, beta, crow, col0, width); break;                 \
-    default: NAME(tile)(R, 1, K, arow, panel, beta, crow, col0, width); break;                \
+    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, crow, col0, width); break;            \
     }
+
+#define KS 1 /* A read along its rows */
 
 /* Rows are `blocks` blocks of `rows` rows: row i of block s is at a + s * a_block + i * lda
    (and likewise in C). A panel of B stays in cache while every row passes over it. */
@@ -133,6 +136,66 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                       c_block, ldc);
 }
 
+#undef KS
+#define KS 4 /* A^T rows packed 4 at a time, interleaved: [m / 4][k][m % 4] */
+
+/* K rows per pass of the transposed product: the packed chunk of A^T (M x KC) and of one
+   panel of B (KC x PW) stay in cache while every row of C passes over them. Reading A^T
+   straight from A instead (a 4 KiB stride down its columns) ran at half the speed: the
+   lines alias in L1. */
+#define KC 64
+
+FASTRNN_CLONES
+void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
+                           const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, ptrdiff_t col0,
+                           ptrdiff_t col1, T *buf)
+{
+    col1 = col1 < N ? col1 : N;
+    for (ptrdiff_t m = 0; K == 0 && m < M; ++m)
+        memset(c + m * ldc + col0, 0, (size_t)(col1 - col0) * sizeof(T));
+    const ptrdiff_t M4 = (M + 3) / 4 * 4;
+    T *apack = buf;            /* (M4 / 4) x KC x 4 */
+    T *bpack = buf + M4 * KC;  /* KC x PW */
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
+        ptrdiff_t kn = K - k0 < KC ? K - k0 : KC;
+        for (ptrdiff_t k = 0; k < kn; ++k) { /* pack A[k0 : k0 + kn, :]^T, reading A's rows */
+            const T *src = a + (k0 + k) * lda;
+            for (ptrdiff_t m = 0; m < M4; ++m)
+                apack[(m / 4) * KC * 4 + k * 4 + m % 4] = m < M ? src[m] : (T)0;
+        }
+        int beta = k0 > 0; /* K chunks add up in a fixed order: deterministic */
+        for (ptrdiff_t p0 = col0; p0 < col1; p0 += PW) {
+            ptrdiff_t width = col1 - p0 < PW ? col1 - p0 : PW;
+            int cv = (int)((width + VW - 1) / VW);
+            ptrdiff_t col0 = p0; /* the tile's column offset in C */
+            const T *panel = bpack;
+            for (ptrdiff_t k = 0; k < kn; ++k) { /* pack B[k0 + k, p0 : p0 + width] */
+                const T *src = b + (k0 + k) * ldb + p0;
+                for (ptrdiff_t u = 0; u < PW; ++u)
+                    bpack[k * PW + u] = u < width ? src[u] : (T)0;
+            }
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += 4) {
+                const T *arow[4];
+                T *crow[4];
+                int R = M - m0 >= 4 ? 4 : (int)(M - m0);
+                for (int r = 0; r < R; ++r) {
+                    arow[r] = apack + (m0 / 4) * KC * 4 + r;
+                    crow[r] = c + (m0 + r) * ldc;
+                }
+                ptrdiff_t K = kn;
+                switch (R) {
+                case 4: TILE_CASE(4) break;
+                case 3: TILE_CASE(3) break;
+                case 2: TILE_CASE(2) break;
+                default: TILE_CASE(1) break;
+                }
+            }
+        }
+    }
+}
+
+#undef KC
+#undef KS
 #undef TILE_CASE
 #undef PW
 #undef VEC

@@ -107,6 +107,14 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                        Py_ssize_t lda, const double *packed,
                                        Py_ssize_t panel_stride, int beta, double *c,
                                        Py_ssize_t c_block, Py_ssize_t ldc)
+    void fastrnn_gemm_tn_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
+                             Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
+                             Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, float *buf)
+    void fastrnn_gemm_tn_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a,
+                             Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
+                             Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, double *buf)
+    Py_ssize_t fastrnn_gemm_tn_buffer_f32(Py_ssize_t M)
+    Py_ssize_t fastrnn_gemm_tn_buffer_f64(Py_ssize_t M)
     Py_ssize_t fastrnn_packed_size_f32(Py_ssize_t K, Py_ssize_t N)
     Py_ssize_t fastrnn_packed_size_f64(Py_ssize_t K, Py_ssize_t N)
     const int FASTRNN_PANEL_F32
@@ -191,6 +199,17 @@ def input_pack_size(Py_ssize_t batch, Py_ssize_t I, Py_ssize_t GH, bint double):
 def backward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
     """Elements of backward()'s `wpack`: W_hh packed, or 0 when the batch takes BLAS."""
     return 0 if batch > SMALL_BATCH else packed_size(num_gates(cell) * H, P, double)
+
+
+def backward_input_pack_size(Py_ssize_t batch, Py_ssize_t GH, Py_ssize_t I, bint double):
+    """Elements of backward()'s `ipack`: W_ih packed for dX by rows, or 0 (BLAS)."""
+    return 0 if batch > SMALL_BATCH else packed_size(GH, I, double)
+
+
+def gemm_buffer_size(Py_ssize_t GH, bint double):
+    """Elements of one thread's scratch for the whole-sequence weight-gradient products
+    (the largest has G*H rows)."""
+    return fastrnn_gemm_tn_buffer_f64(GH) if double else fastrnn_gemm_tn_buffer_f32(GH)
 
 
 cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w, Py_ssize_t ldw,
@@ -546,6 +565,18 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
                              pk, ps, True, tmp, <int> H)
             memcpy(dh, tmp, n * H * sizeof(floating))
+    if q.ipk != NULL:
+        # dX = dG W_ih for this range's rows of every step (rows past an end hold dG = 0)
+        if floating is float:
+            fastrnn_small_gemm_blocks_f32(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
+                                          <const float *> q.ipk, GH * panel(<floating> 0),
+                                          False, <float *> q.xc + r0 * q.n_in, B * q.n_in,
+                                          q.n_in)
+        else:
+            fastrnn_small_gemm_blocks_f64(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
+                                          <const double *> q.ipk, GH * panel(<floating> 0),
+                                          False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
+                                          q.n_in)
 
 
 cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bounds,
@@ -562,6 +593,82 @@ cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bo
         else:
             forward_rows(q, buf, bounds[t], bounds[t + 1])
         fastrnn_denormals_restore(csr)
+
+
+cdef struct WGrad:
+    # The whole-sequence products of one backward() call (own-kernel path), shapes as there.
+    int cell
+    bint proj
+    Py_ssize_t SB, H, P, GH, n_in
+    const void *dgx
+    const void *dgh
+    const void *xc
+    const void *hs
+    const void *acts
+    const void *dhs
+    const void *hraw
+    void *dw_ih
+    void *dw_hh
+    void *db_ih
+    void *db_hh
+    void *dw_hr
+
+
+cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *a,
+                          Py_ssize_t lda, const floating *b, Py_ssize_t ldb, floating *c,
+                          Py_ssize_t ldc, int t, int nt, floating *buf) noexcept nogil:
+    """Thread t's share of C (M, N) = A^T B: a contiguous range of C's column panels."""
+    cdef Py_ssize_t pw = panel(<floating> 0)
+    cdef Py_ssize_t panels = (N + pw - 1) // pw
+    cdef Py_ssize_t p0 = panels * t // nt, p1 = panels * (t + 1) // nt
+    if p1 <= p0:
+        return
+    if floating is float:
+        fastrnn_gemm_tn_f32(M, N, K, a, lda, b, ldb, c, ldc, p0 * pw, p1 * pw, buf)
+    else:
+        fastrnn_gemm_tn_f64(M, N, K, a, lda, b, ldb, c, ldc, p0 * pw, p1 * pw, buf)
+
+
+cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept nogil:
+    """Thread t's share of every weight and bias gradient: dW = dG^T (what the gate saw)."""
+    cdef Py_ssize_t SB = w.SB, H = w.H, P = w.P, GH = w.GH, I = w.n_in
+    cdef const floating *dgx = <const floating *> w.dgx
+    cdef const floating *dgh = <const floating *> w.dgh
+    cdef const floating *hs = <const floating *> w.hs
+    cdef floating *db_ih = <floating *> w.db_ih
+    cdef floating *db_hh = <floating *> w.db_hh
+    cdef Py_ssize_t g0 = GH * t // nt, g1 = GH * (t + 1) // nt
+    # dW_ih = dG^T X
+    tn_share(GH, I, SB, dgx, GH, <const floating *> w.xc, I, <floating *> w.dw_ih, I, t, nt,
+             buf)
+    # dW_hh = dG_h^T H_prev, hs[0:S] being the state before each step
+    if w.cell == GRU:
+        tn_share(GH, H, SB, dgh, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
+    elif w.cell == GRU_B:  # r, z rows see h_prev; n rows see rh, saved in acts (B2)
+        tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
+        tn_share(H, H, SB, dgx + 2 * H, GH, <const floating *> w.acts + 3 * H, 4 * H,
+                 <floating *> w.dw_hh + 2 * H * H, H, t, nt, buf)
+    else:
+        tn_share(GH, P, SB, dgx, GH, hs, P, <floating *> w.dw_hh, P, t, nt, buf)
+    if w.proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
+        tn_share(P, H, SB, <const floating *> w.dhs, P, <const floating *> w.hraw, H,
+                 <floating *> w.dw_hr, H, t, nt, buf)
+    # bias gradients: column sums, this thread's columns
+    if g1 > g0:
+        column_sums(SB, g1 - g0, dgx + g0, GH, db_ih + g0)
+        if w.cell == GRU:
+            column_sums(SB, g1 - g0, dgh + g0, GH, db_hh + g0)
+        else:
+            memcpy(db_hh + g0, db_ih + g0, (g1 - g0) * sizeof(floating))
+
+
+cdef void run_weight_grads(const WGrad *w, floating *buf, Py_ssize_t buf_size,
+                           int nt) noexcept nogil:
+    cdef int t
+    if nt <= 1:
+        nt = 1
+    for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        weight_grads(w, buf + t * buf_size, t, nt)
 
 
 cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noexcept nogil:
@@ -698,16 +805,25 @@ def backward(int cell,
              floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
              floating[:, ::1] dhs,              # WORK (S*B, P) LSTM projection: dL/dh per step
              floating[:, ::1] work,             # WORK (3B, H) dh, dc, dh_prev / drh
-             floating[::1] wpack):              # WORK backward_pack_size(...): W_hh packed for
+             floating[::1] wpack,               # WORK backward_pack_size(...): W_hh packed for
                                                 #      the small-batch kernel; empty for BLAS
+             floating[::1] ipack,               # WORK backward_input_pack_size(...): W_ih
+                                                #      packed for dX; empty for BLAS
+             floating[:, ::1] gbuf):            # WORK (threads, gemm_buffer_size()) scratch
+                                                #      of the weight-gradient products
     """Backpropagation through time of one forward() call made in training mode.
 
     Steps run from the last down to 0 on the rows still running there; a row's state
     gradient passes through its padded steps untouched. After the loop, whole-sequence GEMMs
     give the weight, bias and input gradients (rows past a sequence's end hold zero
-    gate gradients, so they add nothing).
+    gate gradients, so they add nothing). At a batch the own kernel takes, those products run
+    on fastrnn's threads too (dX by row ranges, weight gradients by column panels), so no
+    BLAS thread pool competes with them; larger batches take BLAS.
     """
     cdef Seq q
+    cdef WGrad wg
+    cdef int nt = <int> (bounds.shape[0] - 1)
+    cdef floating *ipk = &ipack[0] if ipack.shape[0] > 0 else NULL
     cdef int G = num_gates(cell)
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
     cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H, SB = S * B
@@ -722,7 +838,12 @@ def backward(int cell,
     q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), NULL
     q.pk, q.pk_n = pk, NULL
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
-    q.xc, q.n_in, q.ipk, q.bias = NULL, I, NULL, NULL
+    q.xc, q.n_in, q.ipk, q.bias = &dxc[0, 0, 0], I, ipk, NULL  # xc: dX out, by row range
+    wg.cell, wg.proj, wg.SB, wg.H, wg.P, wg.GH, wg.n_in = cell, proj, SB, H, P, GH, I
+    wg.dgx, wg.dgh, wg.xc, wg.hs = &dgx[0, 0], &dgh[0, 0], &xc[0, 0, 0], &hs[0, 0, 0]
+    wg.acts, wg.dhs, wg.hraw = &acts[0, 0, 0], &dhs[0, 0], &hraw[0, 0, 0]
+    wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = &dw_ih[0, 0], &dw_hh[0, 0], &db_ih[0], &db_hh[0]
+    wg.dw_hr = &dw_hr[0, 0]
     q.hs, q.cs, q.acts = <void *> &hs[0, 0, 0], <void *> &cs[0, 0, 0], <void *> &acts[0, 0, 0]
     q.hraw, q.work, q.yc = <void *> &hraw[0, 0, 0], &work[0, 0], <void *> &dyc[0, 0, 0]
     q.dgh, q.dhs = &dgh[0, 0], &dhs[0, 0]
@@ -736,6 +857,8 @@ def backward(int cell,
         if B > 0:
             if pk != NULL:
                 pack(GH, P, False, &w_hh[0, 0], P, pk)
+            if ipk != NULL:
+                pack(GH, I, False, &w_ih[0, 0], I, ipk)
             for j in range(B):
                 memcpy(dh + j * P, &dh_n[order[j], 0], P * sizeof(floating))
                 if cell == LSTM:
@@ -745,7 +868,9 @@ def backward(int cell,
                 memcpy(&dh0[order[j], 0], dh + j * P, P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(&dc0[order[j], 0], dc + j * H, H * sizeof(floating))
-            if S > 0:
+            if S > 0 and ipk != NULL:
+                run_weight_grads(&wg, &gbuf[0, 0], gbuf.shape[1], nt)
+            elif S > 0:
                 # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
                 gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, &dgx[0, 0],
                      <int> GH, &xc[0, 0, 0], <int> I, <floating> 0, &dw_ih[0, 0], <int> I)

@@ -222,16 +222,17 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dgh = np.empty((S * B if tape.cell == "gru" else 0, G * H), dtype)
     dhs = np.empty((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
-    wpack = np.empty(
-        _kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, dtype == np.float64), dtype
-    )
+    double = dtype == np.float64
+    wpack = np.empty(_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double), dtype)
+    ipack = np.empty(_kernels.backward_input_pack_size(B, G * H, I, double), dtype)
+    gbuf = np.empty((len(tape.bounds) - 1, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
         tape.bounds,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
-        grads["weight_hr"], dgx, dgh, dhs, work, wpack,
+        grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,
     )  # fmt: skip
     if w.w_hr is None:
         del grads["weight_hr"]
