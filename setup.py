@@ -11,17 +11,16 @@ directives = {"boundscheck": True, "wraparound": False} if debug else {}
 extensions = [
     Extension(
         "fastrnn._kernels",
-        sources=["fastrnn/_kernels.pyx", "csrc/cells.c", "csrc/matmul.c"],
+        sources=["fastrnn/_kernels.pyx", "csrc/cells.c", "csrc/matmul.c", "csrc/threads.c"],
         include_dirs=["csrc"],
         depends=[
             "csrc/fastrnn_cells.h", "csrc/fastrnn_math.h", "csrc/cells_impl.h",
-            "csrc/fastrnn_matmul.h", "csrc/matmul_impl.h",
+            "csrc/fastrnn_matmul.h", "csrc/matmul_impl.h", "csrc/fastrnn_threads.h",
         ],  # fmt: skip
         # -fno-trapping-math lets GCC if-convert (and so vectorise) the activation selects;
         # values stay IEEE (no -ffast-math, no -march=native: wheels run on any x86-64).
-        # -fopenmp: row ranges of a batch run on their own threads (prange).
-        extra_compile_args=["-O3", "-fno-trapping-math", "-std=gnu11", "-fopenmp"],
-        extra_link_args=["-fopenmp"],
+        extra_compile_args=["-O3", "-fno-trapping-math", "-std=gnu11", "-pthread"],
+        extra_link_args=["-pthread"],
     ),
 ]
 

@@ -24,7 +24,6 @@ and are permuted here.
 Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -85,6 +84,10 @@ cdef extern from "fastrnn_cells.h" nogil:
     void fastrnn_sigmoid_f64(Py_ssize_t n, const double *x, double *y)
     void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
     void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
+
+cdef extern from "fastrnn_threads.h" nogil:
+    ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
+    void fastrnn_parallel(int nt, fastrnn_task task, void *ctx)
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -579,20 +582,37 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                                           q.n_in)
 
 
+cdef struct RowJob:
+    const Seq *q
+    void *buf
+    const int64_t *bounds
+    bint backward
+    bint double
+
+
+cdef void row_task(void *ctx, int t, int nt) noexcept nogil:
+    """Share t of a RowJob: the rows bounds[t]..bounds[t+1], denormals flushed."""
+    cdef const RowJob *job = <const RowJob *> ctx
+    cdef unsigned csr = fastrnn_denormals_flush()
+    cdef Py_ssize_t r0 = job.bounds[t], r1 = job.bounds[t + 1]
+    if job.double and job.backward:
+        backward_rows(job.q, <double *> job.buf, r0, r1)
+    elif job.double:
+        forward_rows(job.q, <double *> job.buf, r0, r1)
+    elif job.backward:
+        backward_rows(job.q, <float *> job.buf, r0, r1)
+    else:
+        forward_rows(job.q, <float *> job.buf, r0, r1)
+    fastrnn_denormals_restore(csr)
+
+
 cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bounds,
                    int nt) noexcept nogil:
-    """The row ranges bounds[t]..bounds[t+1], each on its own thread, denormals flushed."""
-    cdef int t
-    cdef unsigned csr
-    if nt <= 1:
-        nt = 1
-    for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-        csr = fastrnn_denormals_flush()
-        if backward:
-            backward_rows(q, buf, bounds[t], bounds[t + 1])
-        else:
-            forward_rows(q, buf, bounds[t], bounds[t + 1])
-        fastrnn_denormals_restore(csr)
+    """The row ranges bounds[t]..bounds[t+1], each on its own thread of the pool."""
+    cdef RowJob job
+    job.q, job.buf, job.bounds, job.backward = q, buf, bounds, backward
+    job.double = floating is double
+    fastrnn_parallel(nt, row_task, &job)
 
 
 cdef struct WGrad:
@@ -662,13 +682,29 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
             memcpy(db_hh + g0, db_ih + g0, (g1 - g0) * sizeof(floating))
 
 
+cdef struct GradJob:
+    const WGrad *w
+    void *buf
+    Py_ssize_t buf_size
+    bint double
+
+
+cdef void grad_task(void *ctx, int t, int nt) noexcept nogil:
+    """Share t of a GradJob, with its own scratch."""
+    cdef const GradJob *job = <const GradJob *> ctx
+    cdef unsigned csr = fastrnn_denormals_flush()
+    if job.double:
+        weight_grads(job.w, <double *> job.buf + t * job.buf_size, t, nt)
+    else:
+        weight_grads(job.w, <float *> job.buf + t * job.buf_size, t, nt)
+    fastrnn_denormals_restore(csr)
+
+
 cdef void run_weight_grads(const WGrad *w, floating *buf, Py_ssize_t buf_size,
                            int nt) noexcept nogil:
-    cdef int t
-    if nt <= 1:
-        nt = 1
-    for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-        weight_grads(w, buf + t * buf_size, t, nt)
+    cdef GradJob job
+    job.w, job.buf, job.buf_size, job.double = w, buf, buf_size, floating is double
+    fastrnn_parallel(nt, grad_task, &job)
 
 
 cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noexcept nogil:

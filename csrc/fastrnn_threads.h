@@ -1,0 +1,26 @@
+/*
+ * fastrnn_threads.h -- a small persistent thread pool for the time loops.
+ *
+ * Why our own and not OpenMP: libgomp's workers spin for a while after every parallel
+ * region, and that spinning competed for the 2 cores with BLAS's threads (an RNN training
+ * step at (T, B, I, H) = (100, 16, 128, 128) took 8.0 ms with 2 threads instead of 2.3 ms);
+ * the only cure, OMP_WAIT_POLICY=passive, is process-wide and slowed PyTorch's OpenMP in the
+ * same process 4x. These workers spin briefly (about 50 us, long enough to chain the regions
+ * of one call without a sleep), then sleep on a condition variable until the next job.
+ *
+ * fastrnn_parallel(nt, task, ctx) runs task(ctx, t, nt) for t = 0..nt-1: t = 0 on the
+ * calling thread, the others on workers, and returns when all are done. Jobs from several
+ * calling threads at once are safe: a caller that finds the pool busy runs every t itself,
+ * in order (the same numbers: tasks never depend on which thread runs them).
+ */
+#ifndef FASTRNN_THREADS_H
+#define FASTRNN_THREADS_H
+
+typedef void (*fastrnn_task)(void *ctx, int t, int nt);
+
+/* The most threads a job may use (the caller plus workers). */
+#define FASTRNN_MAX_THREADS 64
+
+void fastrnn_parallel(int nt, fastrnn_task task, void *ctx);
+
+#endif /* FASTRNN_THREADS_H */
