@@ -75,7 +75,7 @@ static inline float fastrnn_tanhf(float x)
     q = q * x2 - 17.0f / 315.0f;
     q = q * x2 + 2.0f / 15.0f;
     q = q * x2 - 1.0f / 3.0f;
-    float small = x + x * x2 * q;
+    float small = copysignf(x + x * x2 * q, x); /* keeps tanh(-0) == -0 */
     return ax < 0.4f ? small : big;
 }
 

@@ -147,15 +147,20 @@ class RecurrentModel:
         """The live parameter arrays (for optimisers that update them in place)."""
         return self._params
 
-    def _weights(self, layer: int, direction: int) -> _layer.LayerWeights:
+    def _weights(self, layer: int, direction: int, snapshot: bool = False):
+        """One layer-direction's parameters. With snapshot, private copies of the matrices
+        that backward reads, so that updating parameters in place between forward_train and
+        its backward cannot change that pass's gradients."""
         sfx = "_reverse" if direction else ""
         p = self._params
+        own = np.copy if snapshot else (lambda a: a)
+        w_hr = p.get(f"weight_hr_l{layer}{sfx}")
         return _layer.LayerWeights(
-            p[f"weight_ih_l{layer}{sfx}"],
-            p[f"weight_hh_l{layer}{sfx}"],
+            own(p[f"weight_ih_l{layer}{sfx}"]),
+            own(p[f"weight_hh_l{layer}{sfx}"]),
             p.get(f"bias_ih_l{layer}{sfx}", self._zero_bias),
             p.get(f"bias_hh_l{layer}{sfx}", self._zero_bias),
-            p.get(f"weight_hr_l{layer}{sfx}"),
+            None if w_hr is None else own(w_hr),
         )
 
     # -- forward -------------------------------------------------------------------------
@@ -196,7 +201,7 @@ class RecurrentModel:
             for d in range(D):
                 k = layer * D + d
                 y, _, _, tape = _layer.forward(
-                    self._cell, self._weights(layer, d), layer_in, h0[k],
+                    self._cell, self._weights(layer, d, training), layer_in, h0[k],
                     None if c0 is None else c0[k], lens, bool(d), training,
                     h_n=h_n[k], c_n=None if c_n is None else c_n[k],
                 )  # fmt: skip
