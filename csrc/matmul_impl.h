@@ -35,7 +35,7 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
             packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
 }
 
-/* One tile: R rows (1..4) x C vectors (1..4) of C; R and C are constants after inlining, so
+/* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so
    the accumulators live in registers. Row r reads a[r][k * ks] (ks = 1: a row of A; ks = lda:
    a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns
    exist. B is a packed panel, row stride PW. */
@@ -43,7 +43,7 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
     const T *restrict b, int beta, T *const *c, ptrdiff_t col0, ptrdiff_t width)
 {
-    VEC acc[4][4];
+    VEC acc[6][4];
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < C; ++v)
             acc[r][v] = (VEC){0};
@@ -86,6 +86,7 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     }
 
 #define KS 1 /* A read along its rows */
+#define MB 192 /* rows of A per block: 192 x K x 4 bytes stays in L2 for K <= 1024 */
 
 /* Rows are `blocks` blocks of `rows` rows: row i of block s is at a + s * a_block + i * lda
    (and likewise in C). A panel of B stays in cache while every row passes over it. */
@@ -95,20 +96,27 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     ptrdiff_t ldc)
 {
     const ptrdiff_t n = blocks * rows;
+    /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
+       it (panel-major order over all rows re-read A once per panel: the input projection
+       of (T, B, I) = (100, 64, 256) ran at half the GEMM rate). */
+    for (ptrdiff_t rb = 0; rb < n; rb += MB)
     for (ptrdiff_t col0 = 0; col0 < N; col0 += PW) {
         ptrdiff_t width = N - col0 < PW ? N - col0 : PW;
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride;
-        for (ptrdiff_t r0 = 0; r0 < n; r0 += 4) {
-            const T *arow[4];
-            T *crow[4];
-            int R = n - r0 >= 4 ? 4 : (int)(n - r0);
+        ptrdiff_t rend = rb + MB < n ? rb + MB : n;
+        for (ptrdiff_t r0 = rb; r0 < rend; r0 += 6) { /* 6 x 4 vectors: 24 accumulators */
+            const T *arow[6];
+            T *crow[6];
+            int R = rend - r0 >= 6 ? 6 : (int)(rend - r0);
             for (int r = 0; r < R; ++r) {
                 ptrdiff_t s = (r0 + r) / rows, i = (r0 + r) % rows;
                 arow[r] = a + s * a_block + i * lda;
                 crow[r] = c + s * c_block + i * ldc;
             }
             switch (R) {
+            case 6: TILE_CASE(6) break;
+            case 5: TILE_CASE(5) break;
             case 4: TILE_CASE(4) break;
             case 3: TILE_CASE(3) break;
             case 2: TILE_CASE(2) break;
@@ -136,6 +144,7 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                       c_block, ldc);
 }
 
+#undef MB
 #undef KS
 #define KS 4 /* A^T rows packed 4 at a time, interleaved: [m / 4][k][m % 4] */
 
