@@ -1,6 +1,7 @@
 """The extension list; all metadata lives in pyproject.toml."""
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -12,7 +13,8 @@ extensions = [
     Extension(
         "fastrnn._kernels",
         sources=["fastrnn/_kernels.pyx", "csrc/cells.c", "csrc/matmul.c", "csrc/threads.c"],
-        include_dirs=["csrc"],
+        include_dirs=["csrc", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[
             "csrc/fastrnn_cells.h", "csrc/fastrnn_math.h", "csrc/cells_impl.h",
             "csrc/fastrnn_matmul.h", "csrc/matmul_impl.h", "csrc/fastrnn_threads.h",

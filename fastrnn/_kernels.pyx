@@ -23,6 +23,7 @@ and are permuted here.
 
 Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 """
+cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
@@ -127,6 +128,13 @@ cdef extern from "fastrnn_matmul.h" nogil:
 # BLAS. Measured (LSTM and GRU, 1 thread, bench/compare.py shapes): the own kernel is
 # faster than OpenBLAS at every batch up to 64, by 1.5-10x at batch 1.
 DEF SMALL_BATCH = 128
+
+cnp.import_array()
+
+cdef enum:
+    FLOAT_TYPE = cnp.NPY_FLOAT32
+    DOUBLE_TYPE = cnp.NPY_FLOAT64
+    INT64_TYPE = cnp.NPY_INT64
 
 # Cell kinds; fastrnn/_layer.py mirrors these numbers.
 DEF RNN_TANH = 0
@@ -707,8 +715,19 @@ cdef void run_weight_grads(const WGrad *w, floating *buf, Py_ssize_t buf_size,
     fastrnn_parallel(nt, grad_task, &job)
 
 
-cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noexcept nogil:
-    return first if size > 0 else NULL
+cdef void *data(cnp.ndarray a, int ndim, int typenum, bint out) except? NULL:
+    """The buffer of an array the Python layer prepared, after the kernels' own cheap guard
+    (rank, element type, C order, writable outputs). NumPy arrays are taken directly, not as
+    typed memoryviews: acquiring ~25 memoryviews cost ~20 us a call, more than a whole
+    sequence of 10 steps at batch 1."""
+    if (cnp.PyArray_NDIM(a) != ndim or cnp.PyArray_TYPE(a) != typenum
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or (out and not cnp.PyArray_ISWRITEABLE(a))):
+        raise TypeError(
+            f"kernel argument of shape {(<object> a).shape} and dtype {(<object> a).dtype} is "
+            f"not a C-contiguous "
+            f"{ndim}-d array of type number {typenum} (a bug in fastrnn)"
+        )
+    return cnp.PyArray_DATA(a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -717,34 +736,34 @@ cdef inline const void *data_or_null(const floating *first, Py_ssize_t size) noe
 
 def forward(int cell,
             bint training,                      # keep what backward needs in hs, cs, acts, hraw
-            const floating[:, :, ::1] xc,       # IN   (S, B, I) compact input
-            const floating[:, ::1] w_ih,        # IN   (G*H, I)
-            const floating[:, ::1] w_hh,        # IN   (G*H, P)
+            cnp.ndarray xc,                     # IN   (S, B, I) compact input
+            cnp.ndarray w_ih,                   # IN   (G*H, I)
+            cnp.ndarray w_hh,                   # IN   (G*H, P)
             const floating[::1] b_ih,           # IN   (G*H,)
-            const floating[::1] b_hh,           # IN   (G*H,)
-            const floating[:, ::1] w_hr,        # IN   (P, H) LSTM projection; (0, H) without
-            const floating[:, ::1] h0,          # IN   (B, P) user row order
-            const floating[:, ::1] c0,          # IN   (B, H) LSTM; (0, H) otherwise
-            const int64_t[::1] lengths,         # IN   (B,) each in [0, S]
-            const int64_t[::1] order,           # IN   (B,) rows, longest first
-            const int64_t[::1] bounds,          # IN   (threads + 1,) row ranges, one a thread
-            floating[:, :, ::1] yc,             # OUT  (S, B, P) compact output, zero past length
-            floating[:, ::1] h_n,               # OUT  (B, P) user row order
-            floating[:, ::1] c_n,               # OUT  (B, H) LSTM; (0, H) otherwise
-            floating[:, ::1] xproj,             # WORK (S*B, G*H)
-            floating[:, :, ::1] hs,             # OUT/WORK (NH, B, P): NH = S+1 keeps every
+            cnp.ndarray b_hh,                   # IN   (G*H,)
+            cnp.ndarray w_hr,                   # IN   (P, H) LSTM projection; (0, H) without
+            cnp.ndarray h0,                     # IN   (B, P) user row order
+            cnp.ndarray c0,                     # IN   (B, H) LSTM; (0, H) otherwise
+            cnp.ndarray lengths,                # IN   (B,) each in [0, S]
+            cnp.ndarray order,                  # IN   (B,) rows, longest first
+            cnp.ndarray bounds,                 # IN   (threads + 1,) row ranges, one a thread
+            cnp.ndarray yc,                     # OUT  (S, B, P) compact output, zero past length
+            cnp.ndarray h_n,                    # OUT  (B, P) user row order
+            cnp.ndarray c_n,                    # OUT  (B, H) LSTM; (0, H) otherwise
+            cnp.ndarray xproj,                  # WORK (S*B, G*H)
+            cnp.ndarray hs,                     # OUT/WORK (NH, B, P): NH = S+1 keeps every
                                                 #      state for backward, NH = 2 ping-pongs
-            floating[:, :, ::1] cs,             # OUT/WORK (NH, B, H) LSTM; (0, 0, H) otherwise
-            floating[:, :, ::1] acts,           # OUT/WORK (NA, B, 4H): NA = S keeps activations
+            cnp.ndarray cs,                     # OUT/WORK (NH, B, H) LSTM; (0, 0, H) otherwise
+            cnp.ndarray acts,                   # OUT/WORK (NA, B, 4H): NA = S keeps activations
                                                 #      for backward; NA = 1 is GRU_B's scratch;
                                                 #      (0, B, 4H) for inference otherwise
-            floating[:, :, ::1] hraw,           # OUT  (S, B, H) LSTM projection, training:
+            cnp.ndarray hraw,                   # OUT  (S, B, H) LSTM projection, training:
                                                 #      o * tanh(c) before W_hr; else (0, B, H)
-            floating[:, ::1] work,              # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
+            cnp.ndarray work,                   # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
                                                 #      LSTM projection: o * tanh(c)
-            floating[::1] wpack,                # WORK forward_pack_size(...): W_hh^T packed for
+            cnp.ndarray wpack,                  # WORK forward_pack_size(...): W_hh^T packed for
                                                 #      the small-batch kernel; empty for BLAS
-            floating[::1] ipack):               # WORK input_pack_size(...): folded bias, then
+            cnp.ndarray ipack):                 # WORK input_pack_size(...): folded bias, then
                                                 #      W_ih^T packed when the own kernel runs
     """Run one layer in one direction over a compact sequence.
 
@@ -755,59 +774,86 @@ def forward(int cell,
     between hs[0] and hs[1].
     """
     cdef Seq q
+    cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE
     cdef int G = num_gates(cell)
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
     cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H
     cdef Py_ssize_t j, r, NH = hs.shape[0]
-    cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
+    cdef const floating *xc_ = <const floating *> data(xc, 3, ft, False)
+    cdef const floating *w_ih_ = <const floating *> data(w_ih, 2, ft, False)
+    cdef const floating *w_hh_ = <const floating *> data(w_hh, 2, ft, False)
+    cdef const floating *b_hh_ = <const floating *> data(b_hh, 1, ft, False)
+    cdef const floating *w_hr_ = <const floating *> data(w_hr, 2, ft, False)
+    cdef const floating *h0_ = <const floating *> data(h0, 2, ft, False)
+    cdef const floating *c0_ = <const floating *> data(c0, 2, ft, False)
+    cdef const int64_t *lengths_ = <const int64_t *> data(lengths, 1, INT64_TYPE, False)
+    cdef const int64_t *order_ = <const int64_t *> data(order, 1, INT64_TYPE, False)
+    cdef const int64_t *bounds_ = <const int64_t *> data(bounds, 1, INT64_TYPE, False)
+    cdef floating *yc_ = <floating *> data(yc, 3, ft, True)
+    cdef floating *h_n_ = <floating *> data(h_n, 2, ft, True)
+    cdef floating *c_n_ = <floating *> data(c_n, 2, ft, True)
+    cdef floating *xproj_ = <floating *> data(xproj, 2, ft, True)
+    cdef floating *hs_ = <floating *> data(hs, 3, ft, True)
+    cdef floating *cs_ = <floating *> data(cs, 3, ft, True)
+    cdef floating *acts_ = <floating *> data(acts, 3, ft, True)
+    cdef floating *hraw_ = <floating *> data(hraw, 3, ft, True)
+    cdef floating *work_ = <floating *> data(work, 2, ft, True)
+    cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
+    cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
+    cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
     cdef floating *pk_n = NULL
-    cdef floating *bias = &ipack[0]
-    cdef floating *ipk = &ipack[GH] if ipack.shape[0] > GH else NULL
+    cdef floating *bias = ipack_
+    cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
+    cdef int nt = <int> (bounds.shape[0] - 1)
+    # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
+    if (xproj.size < S * B * GH or yc.size < S * B * P or hs.shape[0] < 2 or
+            hs.shape[0] * B * P > hs.size or work.size < B * 3 * H or b_ih.shape[0] != GH or
+            lengths.shape[0] != B or order.shape[0] != B or bounds.shape[0] < 2 or
+            ipack.shape[0] < GH or h0.size < B * P or h_n.size < B * P):
+        raise ValueError("forward: inconsistent workspace sizes (a bug in fastrnn)")
     if B == 0:
         return
     q.cell, q.training, q.proj = cell, training, w_hr.shape[0] > 0
     q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, NH, acts.shape[0]
-    q.lengths, q.order = &lengths[0], &order[0]
-    q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), &b_hh[0]
+    q.lengths, q.order = lengths_, order_
+    q.w_hh, q.w_hr, q.b_hh = w_hh_, w_hr_ if w_hr.shape[0] > 0 else NULL, b_hh_
     q.panel_stride = P * panel(<floating> 0)  # W_hh^T has K = P rows
-    q.hs, q.cs, q.acts = &hs[0, 0, 0], &cs[0, 0, 0], &acts[0, 0, 0]
-    q.hraw, q.work, q.yc = &hraw[0, 0, 0], &work[0, 0], &yc[0, 0, 0]
+    q.hs, q.cs, q.acts, q.hraw, q.work, q.yc = hs_, cs_, acts_, hraw_, work_, yc_
     q.dgh = q.dhs = NULL
-    q.xc, q.n_in, q.ipk, q.bias = &xc[0, 0, 0], I, ipk, bias
+    q.xc, q.n_in, q.ipk, q.bias = xc_, I, ipk, bias
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
-            memcpy(&hs[0, j, 0], &h0[order[j], 0], P * sizeof(floating))
+            memcpy(hs_ + j * P, h0_ + order_[j] * P, P * sizeof(floating))
             if cell == LSTM:
-                memcpy(&cs[0, j, 0], &c0[order[j], 0], H * sizeof(floating))
+                memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
         if pk != NULL and cell == GRU_B:
-            pack(H, 2 * H, True, &w_hh[0, 0], H, pk)
+            pack(H, 2 * H, True, w_hh_, H, pk)
             pk_n = pk + packed_size(H, 2 * H, floating is double)
-            pack(H, H, True, &w_hh[2 * H, 0], H, pk_n)
+            pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
         elif pk != NULL:
-            pack(P, GH, True, &w_hh[0, 0], P, pk)
+            pack(P, GH, True, w_hh_, P, pk)
         q.pk, q.pk_n = pk, pk_n
         if S > 0:
             # (1) the input projection of every step, biases folded in where they add
             # (GRU keeps b_hh apart, since r multiplies its n block (A2)): here by BLAS at
             # a large batch, else per row range by the own kernel inside run_rows
             for r in range(GH):
-                bias[r] = b_ih[r] + (b_hh[r] if cell != GRU else <floating> 0)
+                bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
             if ipk != NULL:
-                pack(I, GH, True, &w_ih[0, 0], I, ipk)
+                pack(I, GH, True, w_ih_, I, ipk)
             else:
-                fill_rows(S * B, GH, bias, &xproj[0, 0])
-                gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1,
-                     &xc[0, 0, 0], <int> I, &w_ih[0, 0], <int> I, <floating> 1, &xproj[0, 0],
-                     <int> GH)
+                fill_rows(S * B, GH, bias, xproj_)
+                gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
+                     w_ih_, <int> I, <floating> 1, xproj_, <int> GH)
             # (2) the time loop, row ranges in parallel
-            run_rows(&q, &xproj[0, 0], False, &bounds[0], <int> (bounds.shape[0] - 1))
+            run_rows(&q, xproj_, False, bounds_, nt)
         # final state of each row: the state after its own last step
         for j in range(B):
-            r = lengths[order[j]] % NH
-            memcpy(&h_n[order[j], 0], &hs[r, j, 0], P * sizeof(floating))
+            r = lengths_[order_[j]] % NH
+            memcpy(h_n_ + order_[j] * P, hs_ + (r * B + j) * P, P * sizeof(floating))
             if cell == LSTM:
-                memcpy(&c_n[order[j], 0], &cs[r, j, 0], H * sizeof(floating))
+                memcpy(c_n_ + order_[j] * H, cs_ + (r * B + j) * H, H * sizeof(floating))
 
 
 # ---------------------------------------------------------------------------------------
@@ -815,37 +861,37 @@ def forward(int cell,
 # ---------------------------------------------------------------------------------------
 
 def backward(int cell,
-             const floating[:, :, ::1] xc,      # IN   (S, B, I) compact input of forward
-             const floating[:, ::1] w_ih,       # IN   (G*H, I)
-             const floating[:, ::1] w_hh,       # IN   (G*H, P)
-             const floating[:, ::1] w_hr,       # IN   (P, H) LSTM projection; (0, H) without
-             const int64_t[::1] lengths,        # IN   (B,)
-             const int64_t[::1] order,          # IN   (B,)
-             const int64_t[::1] bounds,         # IN   (threads + 1,) row ranges, one a thread
-             const floating[:, :, ::1] hs,      # IN   (S+1, B, P) from forward (training)
-             const floating[:, :, ::1] cs,      # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
-             const floating[:, :, ::1] acts,    # IN   (S, B, 4H); (0, B, 4H) for RNN
-             const floating[:, :, ::1] hraw,    # IN   (S, B, H) LSTM projection; else (0, B, H)
-             const floating[:, :, ::1] dyc,     # IN   (S, B, P) compact dL/dy, zero past length
-             const floating[:, ::1] dh_n,       # IN   (B, P) user order
-             const floating[:, ::1] dc_n,       # IN   (B, H) LSTM; (0, H) otherwise
-             floating[:, :, ::1] dxc,           # OUT  (S, B, I) compact dL/dx
-             floating[:, ::1] dh0,              # OUT  (B, P) user order
-             floating[:, ::1] dc0,              # OUT  (B, H) LSTM; (0, H) otherwise
-             floating[:, ::1] dw_ih,            # OUT  (G*H, I)
-             floating[:, ::1] dw_hh,            # OUT  (G*H, P)
+             cnp.ndarray xc,                    # IN   (S, B, I) compact input of forward
+             cnp.ndarray w_ih,                  # IN   (G*H, I)
+             cnp.ndarray w_hh,                  # IN   (G*H, P)
+             cnp.ndarray w_hr,                  # IN   (P, H) LSTM projection; (0, H) without
+             cnp.ndarray lengths,               # IN   (B,)
+             cnp.ndarray order,                 # IN   (B,)
+             cnp.ndarray bounds,                # IN   (threads + 1,) row ranges, one a thread
+             cnp.ndarray hs,                    # IN   (S+1, B, P) from forward (training)
+             cnp.ndarray cs,                    # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
+             cnp.ndarray acts,                  # IN   (S, B, 4H); (0, B, 4H) for RNN
+             cnp.ndarray hraw,                  # IN   (S, B, H) LSTM projection; else (0, B, H)
+             cnp.ndarray dyc,                   # IN   (S, B, P) compact dL/dy, zero past length
+             cnp.ndarray dh_n,                  # IN   (B, P) user order
+             cnp.ndarray dc_n,                  # IN   (B, H) LSTM; (0, H) otherwise
+             cnp.ndarray dxc,                   # OUT  (S, B, I) compact dL/dx
+             cnp.ndarray dh0,                   # OUT  (B, P) user order
+             cnp.ndarray dc0,                   # OUT  (B, H) LSTM; (0, H) otherwise
+             cnp.ndarray dw_ih,                 # OUT  (G*H, I)
+             cnp.ndarray dw_hh,                 # OUT  (G*H, P)
              floating[::1] db_ih,               # OUT  (G*H,)
-             floating[::1] db_hh,               # OUT  (G*H,)
-             floating[:, ::1] dw_hr,            # OUT  (P, H) LSTM projection; (0, H) without
-             floating[:, ::1] dgx,              # WORK (S*B, G*H) gate gradients, input side
-             floating[:, ::1] dgh,              # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
-             floating[:, ::1] dhs,              # WORK (S*B, P) LSTM projection: dL/dh per step
-             floating[:, ::1] work,             # WORK (3B, H) dh, dc, dh_prev / drh
-             floating[::1] wpack,               # WORK backward_pack_size(...): W_hh packed for
+             cnp.ndarray db_hh,                 # OUT  (G*H,)
+             cnp.ndarray dw_hr,                 # OUT  (P, H) LSTM projection; (0, H) without
+             cnp.ndarray dgx,                   # WORK (S*B, G*H) gate gradients, input side
+             cnp.ndarray dgh,                   # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
+             cnp.ndarray dhs,                   # WORK (S*B, P) LSTM projection: dL/dh per step
+             cnp.ndarray work,                  # WORK (3B, H) dh, dc, dh_prev / drh
+             cnp.ndarray wpack,                 # WORK backward_pack_size(...): W_hh packed for
                                                 #      the small-batch kernel; empty for BLAS
-             floating[::1] ipack,               # WORK backward_input_pack_size(...): W_ih
+             cnp.ndarray ipack,                 # WORK backward_input_pack_size(...): W_ih
                                                 #      packed for dX; empty for BLAS
-             floating[:, ::1] gbuf):            # WORK (threads, gemm_buffer_size()) scratch
+             cnp.ndarray gbuf):                 # WORK (threads, gemm_buffer_size()) scratch
                                                 #      of the weight-gradient products
     """Backpropagation through time of one forward() call made in training mode.
 
@@ -858,81 +904,114 @@ def backward(int cell,
     """
     cdef Seq q
     cdef WGrad wg
+    cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE
     cdef int nt = <int> (bounds.shape[0] - 1)
-    cdef floating *ipk = &ipack[0] if ipack.shape[0] > 0 else NULL
     cdef int G = num_gates(cell)
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
     cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H, SB = S * B
     cdef bint proj = w_hr.shape[0] > 0
-    cdef floating *pk = &wpack[0] if wpack.shape[0] > 0 else NULL
-    cdef floating *dh = &work[0, 0]
-    cdef floating *dc = dh + B * H
     cdef Py_ssize_t j
+    cdef const floating *xc_ = <const floating *> data(xc, 3, ft, False)
+    cdef const floating *w_ih_ = <const floating *> data(w_ih, 2, ft, False)
+    cdef const floating *w_hh_ = <const floating *> data(w_hh, 2, ft, False)
+    cdef const floating *w_hr_ = <const floating *> data(w_hr, 2, ft, False)
+    cdef const int64_t *lengths_ = <const int64_t *> data(lengths, 1, INT64_TYPE, False)
+    cdef const int64_t *order_ = <const int64_t *> data(order, 1, INT64_TYPE, False)
+    cdef const int64_t *bounds_ = <const int64_t *> data(bounds, 1, INT64_TYPE, False)
+    cdef const floating *hs_ = <const floating *> data(hs, 3, ft, False)
+    cdef const floating *cs_ = <const floating *> data(cs, 3, ft, False)
+    cdef const floating *acts_ = <const floating *> data(acts, 3, ft, False)
+    cdef const floating *hraw_ = <const floating *> data(hraw, 3, ft, False)
+    cdef const floating *dyc_ = <const floating *> data(dyc, 3, ft, False)
+    cdef const floating *dh_n_ = <const floating *> data(dh_n, 2, ft, False)
+    cdef const floating *dc_n_ = <const floating *> data(dc_n, 2, ft, False)
+    cdef floating *dxc_ = <floating *> data(dxc, 3, ft, True)
+    cdef floating *dh0_ = <floating *> data(dh0, 2, ft, True)
+    cdef floating *dc0_ = <floating *> data(dc0, 2, ft, True)
+    cdef floating *dw_ih_ = <floating *> data(dw_ih, 2, ft, True)
+    cdef floating *dw_hh_ = <floating *> data(dw_hh, 2, ft, True)
+    cdef floating *db_hh_ = <floating *> data(db_hh, 1, ft, True)
+    cdef floating *dw_hr_ = <floating *> data(dw_hr, 2, ft, True)
+    cdef floating *dgx_ = <floating *> data(dgx, 2, ft, True)
+    cdef floating *dgh_ = <floating *> data(dgh, 2, ft, True)
+    cdef floating *dhs_ = <floating *> data(dhs, 2, ft, True)
+    cdef floating *work_ = <floating *> data(work, 2, ft, True)
+    cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
+    cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
+    cdef floating *gbuf_ = <floating *> data(gbuf, 2, ft, True)
+    cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
+    cdef floating *ipk = ipack_ if ipack.shape[0] > 0 else NULL
+    cdef floating *dh = work_
+    cdef floating *dc = work_ + B * H
+    if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
+            work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
+            order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < nt)
+            or (cell != RNN_TANH and cell != RNN_RELU and acts.size < SB * 4 * H)):
+        raise ValueError("backward: inconsistent workspace sizes (a bug in fastrnn)")
     q.cell, q.training, q.proj = cell, True, proj
     q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, S + 1, acts.shape[0]
-    q.lengths, q.order = &lengths[0], &order[0]
-    q.w_hh, q.w_hr, q.b_hh = &w_hh[0, 0], data_or_null(&w_hr[0, 0], w_hr.shape[0]), NULL
+    q.lengths, q.order = lengths_, order_
+    q.w_hh, q.w_hr, q.b_hh = w_hh_, w_hr_ if proj else NULL, NULL
     q.pk, q.pk_n = pk, NULL
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
-    q.xc, q.n_in, q.ipk, q.bias = &dxc[0, 0, 0], I, ipk, NULL  # xc: dX out, by row range
+    q.xc, q.n_in, q.ipk, q.bias = dxc_, I, ipk, NULL  # xc: dX out, by row range
+    q.hs, q.cs, q.acts, q.hraw = <void *> hs_, <void *> cs_, <void *> acts_, <void *> hraw_
+    q.work, q.yc, q.dgh, q.dhs = work_, <void *> dyc_, dgh_, dhs_
     wg.cell, wg.proj, wg.SB, wg.H, wg.P, wg.GH, wg.n_in = cell, proj, SB, H, P, GH, I
-    wg.dgx, wg.dgh, wg.xc, wg.hs = &dgx[0, 0], &dgh[0, 0], &xc[0, 0, 0], &hs[0, 0, 0]
-    wg.acts, wg.dhs, wg.hraw = &acts[0, 0, 0], &dhs[0, 0], &hraw[0, 0, 0]
-    wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = &dw_ih[0, 0], &dw_hh[0, 0], &db_ih[0], &db_hh[0]
-    wg.dw_hr = &dw_hr[0, 0]
-    q.hs, q.cs, q.acts = <void *> &hs[0, 0, 0], <void *> &cs[0, 0, 0], <void *> &acts[0, 0, 0]
-    q.hraw, q.work, q.yc = <void *> &hraw[0, 0, 0], &work[0, 0], <void *> &dyc[0, 0, 0]
-    q.dgh, q.dhs = &dgh[0, 0], &dhs[0, 0]
+    wg.dgx, wg.dgh, wg.xc, wg.hs = dgx_, dgh_, xc_, hs_
+    wg.acts, wg.dhs, wg.hraw = acts_, dhs_, hraw_
+    wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
+    wg.dw_hr = dw_hr_
     with nogil:
-        memset(&dw_ih[0, 0], 0, GH * I * sizeof(floating))
-        memset(&dw_hh[0, 0], 0, GH * P * sizeof(floating))
+        memset(dw_ih_, 0, GH * I * sizeof(floating))
+        memset(dw_hh_, 0, GH * P * sizeof(floating))
         memset(&db_ih[0], 0, GH * sizeof(floating))
-        memset(&db_hh[0], 0, GH * sizeof(floating))
+        memset(db_hh_, 0, GH * sizeof(floating))
         if proj:
-            memset(&dw_hr[0, 0], 0, P * H * sizeof(floating))
+            memset(dw_hr_, 0, P * H * sizeof(floating))
         if B > 0:
             if pk != NULL:
-                pack(GH, P, False, &w_hh[0, 0], P, pk)
+                pack(GH, P, False, w_hh_, P, pk)
             if ipk != NULL:
-                pack(GH, I, False, &w_ih[0, 0], I, ipk)
+                pack(GH, I, False, w_ih_, I, ipk)
             for j in range(B):
-                memcpy(dh + j * P, &dh_n[order[j], 0], P * sizeof(floating))
+                memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
                 if cell == LSTM:
-                    memcpy(dc + j * H, &dc_n[order[j], 0], H * sizeof(floating))
-            run_rows(&q, &dgx[0, 0], True, &bounds[0], <int> (bounds.shape[0] - 1))
+                    memcpy(dc + j * H, dc_n_ + order_[j] * H, H * sizeof(floating))
+            run_rows(&q, dgx_, True, bounds_, nt)
             for j in range(B):
-                memcpy(&dh0[order[j], 0], dh + j * P, P * sizeof(floating))
+                memcpy(dh0_ + order_[j] * P, dh + j * P, P * sizeof(floating))
                 if cell == LSTM:
-                    memcpy(&dc0[order[j], 0], dc + j * H, H * sizeof(floating))
+                    memcpy(dc0_ + order_[j] * H, dc + j * H, H * sizeof(floating))
             if S > 0 and ipk != NULL:
-                run_weight_grads(&wg, &gbuf[0, 0], gbuf.shape[1], nt)
+                run_weight_grads(&wg, gbuf_, gbuf.shape[1], nt)
             elif S > 0:
                 # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
-                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, &dgx[0, 0],
-                     <int> GH, &xc[0, 0, 0], <int> I, <floating> 0, &dw_ih[0, 0], <int> I)
-                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, &dgx[0, 0],
-                     <int> GH, &w_ih[0, 0], <int> I, <floating> 0, &dxc[0, 0, 0], <int> I)
-                column_sums(SB, GH, &dgx[0, 0], GH, &db_ih[0])
+                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, dgx_, <int> GH,
+                     xc_, <int> I, <floating> 0, dw_ih_, <int> I)
+                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, dgx_, <int> GH,
+                     w_ih_, <int> I, <floating> 0, dxc_, <int> I)
+                column_sums(SB, GH, dgx_, GH, &db_ih[0])
                 # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
                 if cell == GRU:
-                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, &dgh[0, 0],
-                         <int> GH, &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
-                    column_sums(SB, GH, &dgh[0, 0], GH, &db_hh[0])
+                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, dgh_, <int> GH,
+                         hs_, <int> H, <floating> 0, dw_hh_, <int> H)
+                    column_sums(SB, GH, dgh_, GH, db_hh_)
                 elif cell == GRU_B:
                     # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
-                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, &dgx[0, 0],
-                         <int> GH, &hs[0, 0, 0], <int> H, <floating> 0, &dw_hh[0, 0], <int> H)
-                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, &dgx[0, 2 * H],
-                         <int> GH, &acts[0, 0, 3 * H], <int> (4 * H), <floating> 0,
-                         &dw_hh[2 * H, 0], <int> H)
-                    memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
+                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
+                         <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
+                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgx_ + 2 * H,
+                         <int> GH, acts_ + 3 * H, <int> (4 * H), <floating> 0,
+                         dw_hh_ + 2 * H * H, <int> H)
+                    memcpy(db_hh_, &db_ih[0], GH * sizeof(floating))
                 else:
-                    gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, &dgx[0, 0],
-                         <int> GH, &hs[0, 0, 0], <int> P, <floating> 0, &dw_hh[0, 0], <int> P)
-                    memcpy(&db_hh[0], &db_ih[0], GH * sizeof(floating))
+                    gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, dgx_, <int> GH,
+                         hs_, <int> P, <floating> 0, dw_hh_, <int> P)
+                    memcpy(db_hh_, &db_ih[0], GH * sizeof(floating))
                 if proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
-                    gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, &dhs[0, 0],
-                         <int> P, &hraw[0, 0, 0], <int> H, <floating> 0, &dw_hr[0, 0], <int> H)
+                    gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, dhs_, <int> P,
+                         hraw_, <int> H, <floating> 0, dw_hr_, <int> H)
 
 
 # ---------------------------------------------------------------------------------------
