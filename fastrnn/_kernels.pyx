@@ -736,6 +736,7 @@ cdef void *data(cnp.ndarray a, int ndim, int typenum, bint out) except? NULL:
 
 def forward(int cell,
             bint training,                      # keep what backward needs in hs, cs, acts, hraw
+            bint packed,                        # wpack and ipack already hold these weights
             cnp.ndarray xc,                     # IN   (S, B, I) compact input
             cnp.ndarray w_ih,                   # IN   (G*H, I)
             cnp.ndarray w_hh,                   # IN   (G*H, P)
@@ -806,8 +807,9 @@ def forward(int cell,
     cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
     cdef int nt = <int> (bounds.shape[0] - 1)
     # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
-    if (xproj.size < S * B * GH or yc.size < S * B * P or hs.shape[0] < 2 or
-            hs.shape[0] * B * P > hs.size or work.size < B * 3 * H or b_ih.shape[0] != GH or
+    if (xproj.size < S * B * GH or yc.size < S * B * P or hs.size != hs.shape[0] * B * P or
+            hs.shape[0] != (S + 1 if training else 2) or work.size < B * 3 * H or
+            b_ih.shape[0] != GH or
             lengths.shape[0] != B or order.shape[0] != B or bounds.shape[0] < 2 or
             ipack.shape[0] < GH or h0.size < B * P or h_n.size < B * P):
         raise ValueError("forward: inconsistent workspace sizes (a bug in fastrnn)")
@@ -828,21 +830,23 @@ def forward(int cell,
             if cell == LSTM:
                 memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
         if pk != NULL and cell == GRU_B:
-            pack(H, 2 * H, True, w_hh_, H, pk)
             pk_n = pk + packed_size(H, 2 * H, floating is double)
-            pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-        elif pk != NULL:
+            if not packed:
+                pack(H, 2 * H, True, w_hh_, H, pk)
+                pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
+        elif pk != NULL and not packed:
             pack(P, GH, True, w_hh_, P, pk)
         q.pk, q.pk_n = pk, pk_n
         if S > 0:
             # (1) the input projection of every step, biases folded in where they add
             # (GRU keeps b_hh apart, since r multiplies its n block (A2)): here by BLAS at
             # a large batch, else per row range by the own kernel inside run_rows
-            for r in range(GH):
-                bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
-            if ipk != NULL:
-                pack(I, GH, True, w_ih_, I, ipk)
-            else:
+            if not packed:
+                for r in range(GH):
+                    bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
+                if ipk != NULL:
+                    pack(I, GH, True, w_ih_, I, ipk)
+            if ipk == NULL:
                 fill_rows(S * B, GH, bias, xproj_)
                 gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
                      w_ih_, <int> I, <floating> 1, xproj_, <int> GH)

@@ -17,8 +17,10 @@ from . import _layer, _validate
 class Stream:
     """The running state of a unidirectional model over a batch of `batch_size` streams.
 
-    Create it with ``model.stream(batch_size, h0=None)``. Weights are read from the model at
-    every call, so a stream sees updated parameters at once.
+    Create it with ``model.stream(batch_size, h0=None)``. The stream keeps the model's
+    weights packed for its kernels between calls and sees new parameter arrays at once
+    (``load_state_dict``); after changing parameters *in place* (an optimiser step on
+    ``model.parameters()``), call ``refresh()``.
     """
 
     def __init__(self, model, batch_size: int, h0=None):
@@ -37,6 +39,11 @@ class Stream:
         self._bf = {}  # a time-major copy of batch_first chunks
         if h0 is not None:
             self.reset(h0=h0)
+
+    def refresh(self) -> None:
+        """Repack the weights at the next call (after in-place parameter updates)."""
+        for ws in self._ws:
+            ws.pop("packed_for", None)
 
     @property
     def state(self):

@@ -39,13 +39,21 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def row_bounds(lens_sorted: np.ndarray, macs_per_token: int) -> np.ndarray:
+_one_range: dict[int, np.ndarray] = {}
+
+
+def row_bounds(lengths: np.ndarray, order: np.ndarray, steps: int, macs_per_token: int):
     """Row ranges, one a thread: bounds (threads + 1,) over rows sorted longest first."""
-    B = lens_sorted.shape[0]
-    tokens = np.cumsum(lens_sorted)
-    total = int(tokens[-1]) if B else 0
+    B = order.shape[0]
     nt = min(_num_threads, B)
-    if nt <= 1 or total * macs_per_token < _MIN_PARALLEL_WORK:
+    if nt <= 1 or steps * B * macs_per_token < _MIN_PARALLEL_WORK:
+        one = _one_range.get(B)
+        if one is None:
+            one = _one_range[B] = np.array([0, B], dtype=np.int64)
+        return one
+    tokens = np.cumsum(lengths[order])
+    total = int(tokens[-1])
+    if total * macs_per_token < _MIN_PARALLEL_WORK:
         return np.array([0, B], dtype=np.int64)
     cuts = np.searchsorted(tokens, total * np.arange(1, nt) / nt, side="left") + 1
     bounds = np.concatenate(([0], np.clip(cuts, 1, B - 1), [B])).astype(np.int64)
