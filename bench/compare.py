@@ -291,8 +291,16 @@ def gemm_step(cell, shape, mode, seed=2):
 # -- timing ------------------------------------------------------------------------------
 
 
+# Every framework here leaves worker threads spinning for a while after its calls (ONNX
+# Runtime's intra-op pool, torch's OpenMP, OpenBLAS, fastrnn's pool for ~50 us). On a 2-core
+# machine those spinners steal a core from whichever framework is timed next, so each
+# measurement starts after a pause that lets them go to sleep.
+SETTLE_SECONDS = 0.3
+
+
 def time_calls(fn, repeat, max_time):
-    """Seconds per call: warm up, then up to `repeat` calls, capped at max_time seconds."""
+    """Seconds per call: settle, warm up, then up to `repeat` calls, capped at max_time."""
+    time.sleep(SETTLE_SECONDS)
     fn()
     warm_until = time.perf_counter() + WARMUP_FRACTION * max_time
     while time.perf_counter() < warm_until:

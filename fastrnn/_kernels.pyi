@@ -26,17 +26,20 @@ CELL_GRU_B: int
 def forward_pack_size(cell: int, batch: int, P: int, H: int, double: bool) -> int: ...
 def input_pack_size(batch: int, I: int, GH: int, double: bool) -> int: ...
 def backward_pack_size(cell: int, batch: int, P: int, H: int, double: bool) -> int: ...
+def backward_input_pack_size(batch: int, GH: int, I: int, double: bool) -> int: ...
+def gemm_buffer_size(GH: int, double: bool) -> int: ...
 
 gather_steps: _Fused
 """gather_steps(src (T,B,F), lengths (B,) int64, order (B,) int64, reverse, dst (S,B,F))"""
 scatter_steps: _Fused
 """scatter_steps(src (S,B,F), lengths, order, reverse, dst (T,B,F))"""
 forward: _Fused
-"""forward(cell, training, xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order, bounds,
-yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack)"""
+"""forward(cell, training, packed, xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order,
+bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack)"""
 backward: _Fused
 """backward(cell, xc, w_ih, w_hh, w_hr, lengths, order, bounds, hs, cs, acts, hraw, dyc, dh_n,
-dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs, work, wpack)"""
+dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs, work, wpack, ipack,
+gbuf)"""
 sigmoid: _Fused
 """sigmoid(x (n,), out (n,))"""
 tanh: _Fused

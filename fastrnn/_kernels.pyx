@@ -5,11 +5,14 @@
 Three tiers, each trusting the one above it:
 
 1. ``csrc/`` (plain C): the pointwise gate math of one time step, forward and backward,
-   for float and double. No allocation, no BLAS. Equations are numbered in
-   ``csrc/fastrnn_cells.h``.
-2. This module (Cython): the time loops. It receives C-contiguous typed memoryviews of one
-   float type, every output and workspace already allocated, and runs the whole loop with
-   the GIL released. Matrix products go through BLAS (``scipy.linalg.cython_blas``).
+   for float and double (``cells.c``; equations numbered in ``fastrnn_cells.h``); the
+   small-batch products on packed weights (``matmul.c``); the thread pool (``threads.c``).
+   No allocation, no Python.
+2. This module (Cython): the time loops. It receives C-contiguous NumPy arrays of one float
+   type, every output and workspace already allocated, re-checks only their rank, type and
+   derived sizes, and runs the whole loop with the GIL released, row ranges of the batch on
+   the pool's threads. Products go through the own kernels at batch <= SMALL_BATCH, else
+   through BLAS (``scipy.linalg.cython_blas``).
 3. ``fastrnn/_layer.py`` and the models (Python): validate user input, convert, allocate,
    and compose layers and directions.
 
