@@ -18,6 +18,7 @@ extensions = [
         depends=[
             "csrc/fastrnn_cells.h", "csrc/fastrnn_math.h", "csrc/cells_impl.h",
             "csrc/fastrnn_matmul.h", "csrc/matmul_impl.h", "csrc/fastrnn_threads.h",
+            "csrc/fastrnn_dispatch.h",
         ],  # fmt: skip
         # -fno-trapping-math lets GCC if-convert (and so vectorise) the activation selects;
         # values stay IEEE (no -ffast-math, no -march=native: wheels run on any x86-64).

@@ -1,12 +1,10 @@
 /*
- * cells.c -- builds the step kernels of cells_impl.h for float and double.
- *
- * FASTRNN_CLONES: GCC's target_clones compiles each kernel for AVX-512, AVX2+FMA and the
- * x86-64 baseline and picks one at load time, so wheels run on any x86-64 CPU without
- * -march=native. Elsewhere (other compilers, other architectures) it is empty.
+ * cells.c -- builds the step kernels of cells_impl.h for float and double, and the
+ * denormal switch. FASTRNN_CLONES (run-time CPU dispatch): see fastrnn_dispatch.h.
  */
 #include "fastrnn_cells.h"
 #include "fastrnn_math.h"
+#include "fastrnn_dispatch.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <xmmintrin.h>
@@ -25,11 +23,6 @@ unsigned fastrnn_denormals_flush(void) { return 0u; }
 void fastrnn_denormals_restore(unsigned previous) { (void)previous; }
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTRNN_CLONES
-#endif
 
 #define T float
 #define SFX f32

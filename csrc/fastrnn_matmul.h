@@ -3,8 +3,8 @@
  *
  * Why: the per-step recurrent product has few rows (the batch). A BLAS call per step costs
  * 5-36 us of overhead at small batch (measured on a prototype), more than the arithmetic at
- * batch 1-16. This kernel keeps a 4-row x 4-vector tile of C in registers and streams B
- * once per 4 rows. B is packed once per sequence call into panels of PW = 4 vectors of
+ * batch 1-16. This kernel keeps a 6-row x 4-vector tile of C in registers and streams B
+ * once per 6 rows. B is packed once per sequence call into panels of PW = 4 vectors of
  * columns (64 floats, 32 doubles): packed[panel][k][PW], zero-filled past N, so a tile
  * reads its panel front to back, contiguously, whatever K and N are.
  *

@@ -1,16 +1,12 @@
 /*
  * matmul.c -- builds the small-batch GEMM of matmul_impl.h for float and double.
- * See cells.c for FASTRNN_CLONES.
+ * FASTRNN_CLONES (run-time CPU dispatch): see fastrnn_dispatch.h.
  */
 #include <string.h>
 
 #include "fastrnn_matmul.h"
+#include "fastrnn_dispatch.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTRNN_CLONES
-#endif
 
 #define T float
 #define SFX f32

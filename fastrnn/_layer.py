@@ -88,7 +88,7 @@ class _Buffers:
         if self.ws is None:
             return False
         last = self.ws.get("packed_for")
-        same = last is not None and all(a is b for a, b in zip(last, params + packs))
+        same = last is not None and all(a is b for a, b in zip(last, params + packs, strict=True))
         self.ws["packed_for"] = params + packs
         return same
 
@@ -185,7 +185,8 @@ def forward(
     bounds = _threads.row_bounds(lens, order, S, G * H * (P + x.shape[2]))
 
     _kernel("forward", dtype)(
-        CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr,
+        CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
+        weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
         ipack,
     )  # fmt: skip

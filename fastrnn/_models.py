@@ -406,7 +406,9 @@ class LSTM(RecurrentModel):
         if hx is None:
             return np.zeros(shape, self.dtype), np.zeros(cshape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM's initial state must be a pair (h0, c0), got {type(hx).__name__}")
+            raise TypeError(
+                f"LSTM's initial state must be a pair (h0, c0), got {type(hx).__name__}"
+            )
         return (
             _validate.state("h0", hx[0], shape, batched, self.dtype),
             _validate.state("c0", hx[1], cshape, batched, self.dtype),

@@ -119,7 +119,9 @@ def lengths(value, batch: int, steps: int) -> np.ndarray | None:
             f"lengths must be whole numbers, got dtype {arr.dtype} with shape {arr.shape}"
         )
     if arr.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},) (one per batch row), got {arr.shape}")
+        raise ValueError(
+            f"lengths must have shape ({batch},) (one per batch row), got {arr.shape}"
+        )
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if batch and (arr.min() < 0 or arr.max() > steps):
         raise ValueError(
