@@ -118,19 +118,20 @@ void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict x__
 FASTRNN_CLONES
 void NAME(fastrnn_gru_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict act__bg,
                                   const T *restrict h_prev__bh, const T *restrict dh__bh, T *restrict dx__bg,
-                                  T *restrict dhh__bg, T *restrict dh_prev__bh)
+                                  T *restrict dhn__bh, T *restrict dh_prev__bh)
 {
     for (ptrdiff_t b = 0; b < n; ++b) {
         const T *restrict s = act__bg + b * 4 * H;
         const T *restrict hp = h_prev__bh + b * H, *restrict dh = dh__bh + b * H;
-        T *restrict dx = dx__bg + b * 3 * H, *restrict dhh = dhh__bg + b * 3 * H, *restrict dhp = dh_prev__bh + b * H;
+        T *restrict dx = dx__bg + b * 3 * H, *restrict dhn = dhn__bh + b * H;
+        T *restrict dhp = dh_prev__bh + b * H;
         for (ptrdiff_t j = 0; j < H; ++j) {
             T r = s[j], z = s[H + j], nj = s[2 * H + j], hn = s[3 * H + j];
             T dn = dh[j] * ((T)1 - z) * ((T)1 - nj * nj);  /* (A3), (A2) */
             T dz = dh[j] * (hp[j] - nj) * z * ((T)1 - z);   /* (A3), (A1) */
             T dr = dn * hn * r * ((T)1 - r);                /* (A2), (A1) */
             dx[j] = dr, dx[H + j] = dz, dx[2 * H + j] = dn;
-            dhh[j] = dr, dhh[H + j] = dz, dhh[2 * H + j] = dn * r;
+            dhn[j] = dn * r; /* hh_r, hh_z get dr, dz as x_r, x_z do; hh_n gets dn * r */
             dhp[j] = dh[j] * z;                             /* (A3) direct path */
         }
     }

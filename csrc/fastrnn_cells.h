@@ -66,11 +66,11 @@
     void fastrnn_gru_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *x__bg,                \
                                      const T *hh__bg, const T *h_prev__bh, T *act__bg,       \
                                      T *h__bh);                                              \
-    /* dx__bg: gradients of x_r, x_z, x_n; dhh__bg: of hh_r, hh_z, hh_n; dh_prev__bh gets   \
-       the direct part dh * z (the caller adds dhh__bg W_hh) */                              \
+    /* dx__bg: gradients of x_r, x_z, x_n (those of hh_r, hh_z are the same); dhn__bh: of    \
+       hh_n (dn * r); dh_prev__bh gets the direct part dh * z (the caller adds the rest) */  \
     void fastrnn_gru_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *act__bg,              \
                                      const T *h_prev__bh, const T *dh__bh, T *dx__bg,        \
-                                     T *dhh__bg, T *dh_prev__bh);                            \
+                                     T *dhn__bh, T *dh_prev__bh);                            \
     /* (B1); pre__bg holds a_r, a_z in its first 2H columns (row stride 3H) */               \
     void fastrnn_grub_rz_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *pre__bg,                \
                                    const T *h_prev__bh, T *act__bg, T *rh__bh);              \

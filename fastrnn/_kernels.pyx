@@ -59,11 +59,11 @@ cdef extern from "fastrnn_cells.h" nogil:
                                    const double *hh, const double *h_prev, double *act,
                                    double *h)
     void fastrnn_gru_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
-                                   const float *h_prev, const float *dh, float *dx, float *dhh,
+                                   const float *h_prev, const float *dh, float *dx, float *dhn,
                                    float *dh_prev)
     void fastrnn_gru_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
                                    const double *h_prev, const double *dh, double *dx,
-                                   double *dhh, double *dh_prev)
+                                   double *dhn, double *dh_prev)
     void fastrnn_grub_rz_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
                                  const float *h_prev, float *act, float *rh)
     void fastrnn_grub_rz_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *pre,
@@ -517,11 +517,11 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
         while n < rows and q.lengths[q.order[r0 + n]] > s:
             n += 1
         dg = dgx + (s * B + r0) * GH
-        dgh = <floating *> q.dgh + (s * B + r0) * GH
+        dgh = <floating *> q.dgh + (s * B + r0) * H  # GRU: gradient of hh_n (A2)
         if n < rows:  # finished rows hold zero gate gradients
             memset(dg + n * GH, 0, (rows - n) * GH * sizeof(floating))
             if cell == GRU:
-                memset(dgh + n * GH, 0, (rows - n) * GH * sizeof(floating))
+                memset(dgh + n * H, 0, (rows - n) * H * sizeof(floating))
             if q.proj:
                 memset(<floating *> q.dhs + (s * B + r0 + n) * P, 0,
                        (rows - n) * P * sizeof(floating))
@@ -559,8 +559,11 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             else:
                 fastrnn_gru_gates_bwd_f64(n, H, act, hp, dh, dg, dgh, tmp)
             # (A1)-(A2) through hh = W_hh h_prev + b_hh
-            recurrent_matmul(<int> n, <int> H, <int> GH, dgh, <int> GH, w_hh, <int> H, False, pk,
-                             ps, True, tmp, <int> H)
+            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
+                             pk, ps, True, tmp, <int> H)
+            recurrent_matmul(<int> n, <int> H, <int> H, dgh, <int> H, w_hh + 2 * H * H, <int> H,
+                             False, pk + 2 * H * panel(<floating> 0) if pk else NULL, ps, True,
+                             tmp, <int> H)
             memcpy(dh, tmp, n * H * sizeof(floating))
         else:  # GRU_B
             if floating is float:
@@ -668,13 +671,14 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
     cdef const floating *hs = <const floating *> w.hs
     cdef floating *db_ih = <floating *> w.db_ih
     cdef floating *db_hh = <floating *> w.db_hh
-    cdef Py_ssize_t g0 = GH * t // nt, g1 = GH * (t + 1) // nt
+    cdef Py_ssize_t g0 = GH * t // nt, g1 = GH * (t + 1) // nt, c1
     # dW_ih = dG^T X
     tn_share(GH, I, SB, dgx, GH, <const floating *> w.xc, I, <floating *> w.dw_ih, I, t, nt,
              buf)
     # dW_hh = dG_h^T H_prev, hs[0:S] being the state before each step
-    if w.cell == GRU:
-        tn_share(GH, H, SB, dgh, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
+    if w.cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
+        tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
+        tn_share(H, H, SB, dgh, H, hs, H, <floating *> w.dw_hh + 2 * H * H, H, t, nt, buf)
     elif w.cell == GRU_B:  # r, z rows see h_prev; n rows see rh, saved in acts (B2)
         tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
         tn_share(H, H, SB, dgx + 2 * H, GH, <const floating *> w.acts + 3 * H, 4 * H,
@@ -687,10 +691,13 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
     # bias gradients: column sums, this thread's columns
     if g1 > g0:
         column_sums(SB, g1 - g0, dgx + g0, GH, db_ih + g0)
-        if w.cell == GRU:
-            column_sums(SB, g1 - g0, dgh + g0, GH, db_hh + g0)
-        else:
-            memcpy(db_hh + g0, db_ih + g0, (g1 - g0) * sizeof(floating))
+        c1 = min(g1, 2 * H) if w.cell == GRU else g1  # GRU's b_hn comes from d hh_n
+        if c1 > g0:
+            memcpy(db_hh + g0, db_ih + g0, (c1 - g0) * sizeof(floating))
+    # GRU's b_hn: d hh_n, split over its H columns
+    g0, g1 = H * t // nt, H * (t + 1) // nt
+    if w.cell == GRU and g1 > g0:
+        column_sums(SB, g1 - g0, dgh + g0, H, db_hh + 2 * H + g0)
 
 
 cdef struct GradJob:
@@ -891,7 +898,7 @@ def backward(int cell,
              cnp.ndarray db_hh,                 # OUT  (G*H,)
              cnp.ndarray dw_hr,                 # OUT  (P, H) LSTM projection; (0, H) without
              cnp.ndarray dgx,                   # WORK (S*B, G*H) gate gradients, input side
-             cnp.ndarray dgh,                   # WORK (S*B, G*H) GRU: recurrent side; else (0, G*H)
+             cnp.ndarray dgh,                   # WORK (S*B, H) GRU: d hh_n; else (0, H)
              cnp.ndarray dhs,                   # WORK (S*B, P) LSTM projection: dL/dh per step
              cnp.ndarray work,                  # WORK (3B, H) dh, dc, dh_prev / drh
              cnp.ndarray wpack,                 # WORK backward_pack_size(...): W_hh packed for
@@ -1000,10 +1007,13 @@ def backward(int cell,
                      w_ih_, <int> I, <floating> 0, dxc_, <int> I)
                 column_sums(SB, GH, dgx_, GH, &db_ih[0])
                 # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
-                if cell == GRU:
-                    gemm(True, False, <int> GH, <int> H, <int> SB, <floating> 1, dgh_, <int> GH,
-                         hs_, <int> H, <floating> 0, dw_hh_, <int> H)
-                    column_sums(SB, GH, dgh_, GH, db_hh_)
+                if cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
+                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
+                         <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
+                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgh_, <int> H,
+                         hs_, <int> H, <floating> 0, dw_hh_ + 2 * H * H, <int> H)
+                    memcpy(db_hh_, &db_ih[0], 2 * H * sizeof(floating))
+                    column_sums(SB, H, dgh_, H, db_hh_ + 2 * H)
                 elif cell == GRU_B:
                     # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
                     gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,

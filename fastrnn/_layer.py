@@ -235,7 +235,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         "weight_hr": np.empty_like(w_hr),
     }
     dgx = np.empty((S * B, G * H), dtype)
-    dgh = np.empty((S * B if tape.cell == "gru" else 0, G * H), dtype)
+    dgh = np.empty((S * B if tape.cell == "gru" else 0, H), dtype)
     dhs = np.empty((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
