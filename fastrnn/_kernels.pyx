@@ -295,6 +295,9 @@ def gather_steps(const floating[:, :, ::1] src,     # IN  (T, B, F) user layout
     """dst[s, j] = src[t, order[j]] with t = s, or len - 1 - s in reverse; zero past length."""
     cdef Py_ssize_t S = dst.shape[0], B = dst.shape[1], F = dst.shape[2]
     cdef Py_ssize_t s, j, t, length
+    if not (src.shape[1] == B == lengths.shape[0] == order.shape[0] and src.shape[2] == F
+            and S <= src.shape[0]):
+        raise ValueError("gather_steps: inconsistent shapes (a bug in fastrnn)")
     with nogil:
         for s in range(S):
             for j in range(B):
@@ -314,6 +317,9 @@ def scatter_steps(const floating[:, :, ::1] src,    # IN  (S, B, F) compact
     """The inverse of gather_steps: dst[t, order[j]] = src[s, j]; zero where t >= length."""
     cdef Py_ssize_t T = dst.shape[0], B = dst.shape[1], F = dst.shape[2]
     cdef Py_ssize_t s, j, t, b, length
+    if not (src.shape[1] == B == lengths.shape[0] == order.shape[0] and src.shape[2] == F
+            and src.shape[0] <= T):
+        raise ValueError("scatter_steps: inconsistent shapes (a bug in fastrnn)")
     with nogil:
         for j in range(B):
             b = order[j]
@@ -1037,6 +1043,10 @@ def backward(int cell,
 
 def sigmoid(const floating[::1] x, floating[::1] out):
     """out := sigmoid(x) with the kernels' own implementation."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {x.shape[0]}")
+    if x.shape[0] == 0:
+        return
     with nogil:
         if floating is float:
             fastrnn_sigmoid_f32(x.shape[0], &x[0], &out[0])
@@ -1046,6 +1056,10 @@ def sigmoid(const floating[::1] x, floating[::1] out):
 
 def tanh(const floating[::1] x, floating[::1] out):
     """out := tanh(x) with the kernels' own implementation."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {x.shape[0]}")
+    if x.shape[0] == 0:
+        return
     with nogil:
         if floating is float:
             fastrnn_tanh_f32(x.shape[0], &x[0], &out[0])
@@ -1062,6 +1076,8 @@ def multiply(const floating[::1] a,             # IN  (n,)
              floating[::1] out):                # OUT (n,) may be a
     """out := a * b (dropout: b holds 0 or 1 / (1 - p))."""
     cdef Py_ssize_t k
+    if not a.shape[0] == b.shape[0] == out.shape[0]:
+        raise ValueError(f"sizes differ: a {a.shape[0]}, b {b.shape[0]}, out {out.shape[0]}")
     with nogil:
         for k in range(out.shape[0]):
             out[k] = a[k] * b[k]
@@ -1070,5 +1086,9 @@ def multiply(const floating[::1] a,             # IN  (n,)
 def add_into(const floating[::1] a,             # IN  (n,)
              floating[::1] out):                # IN/OUT (n,)
     """out += a (summing the input gradients of two directions)."""
+    if a.shape[0] != out.shape[0]:
+        raise ValueError(f"sizes differ: a {a.shape[0]}, out {out.shape[0]}")
+    if out.shape[0] == 0:
+        return
     with nogil:
         add_rows(1, out.shape[0], &a[0], &out[0])
