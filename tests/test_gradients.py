@@ -115,7 +115,9 @@ def model_case(
     return model, x, h0, c0, lens, wy, wh, wc
 
 
-def check_model_gradients(model, x, h0, c0, lens, wy, wh, wc):
+def model_loss_and_gradients(model, x, h0, c0, lens, wy, wh, wc):
+    """The projected loss of a model call, its backward gradients, and the arrays they are
+    gradients of (perturbed in place by the finite differences)."""
     is_lstm = c0 is not None
     hx = (h0, c0) if is_lstm else h0
 
@@ -134,6 +136,11 @@ def check_model_gradients(model, x, h0, c0, lens, wy, wh, wc):
         analytic["c0"], inputs["c0"] = g.c0, c0
     else:
         assert g.c0 is None
+    return loss, analytic, inputs
+
+
+def check_model_gradients(model, x, h0, c0, lens, wy, wh, wc):
+    loss, analytic, inputs = model_loss_and_gradients(model, x, h0, c0, lens, wy, wh, wc)
     for name, arr in analytic.items():
         assert arr.shape == inputs[name].shape and arr.dtype == F64, name
     assert_grads_match(analytic, numeric_grads(loss, inputs))
@@ -365,21 +372,7 @@ def test_directional_derivatives_of_larger_models(cell, size):
     model, x, h0, c0, lens, wy, wh, wc = model_case(
         cell, 2, True, lengths_kind="mixed", seed=15, **size
     )
-    is_lstm = cell == "lstm"
-    hx = (h0, c0) if is_lstm else h0
-
-    def loss():
-        y, state = model(x, hx, lengths=lens)
-        if is_lstm:
-            return np.sum(y * wy) + np.sum(state[0] * wh) + np.sum(state[1] * wc)
-        return np.sum(y * wy) + np.sum(state * wh)
-
-    _, _, backward = model.forward_train(x, hx, lengths=lens)
-    g = backward(wy, (wh, wc) if is_lstm else wh)
-    analytic = {"x": g.x, "h0": g.h0, **g.params}
-    inputs = {"x": x, "h0": h0, **model.parameters()}
-    if is_lstm:
-        analytic["c0"], inputs["c0"] = g.c0, c0
+    loss, analytic, inputs = model_loss_and_gradients(model, x, h0, c0, lens, wy, wh, wc)
     rng = np.random.default_rng(16)
     for name, arr in inputs.items():
         v = rng.standard_normal(arr.shape)
