@@ -8,35 +8,42 @@
 #define NAME(base) CAT(base, SFX)
 
 FASTRNN_CLONES
-void NAME(fastrnn_rnn_gates_fwd)(ptrdiff_t n, ptrdiff_t H, int relu, const T *restrict pre__bh,
-                                  T *restrict h__bh)
+void NAME(fastrnn_rnn_gates_fwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, int relu,
+                                  const T *restrict pre__bh, T *restrict h__bh)
 {
-    const ptrdiff_t m = n * H;
-    if (relu) {
-        for (ptrdiff_t k = 0; k < m; ++k)
-            h__bh[k] = pre__bh[k] > (T)0 ? pre__bh[k] : (T)0; /* (R1) */
-    } else {
-        for (ptrdiff_t k = 0; k < m; ++k)
-            h__bh[k] = TANH(pre__bh[k]); /* (R1) */
+    for (ptrdiff_t b = 0; b < n; ++b) {
+        const T *restrict a = pre__bh + b * H;
+        T *restrict h = h__bh + b * H;
+        if (relu) {
+            for (ptrdiff_t j = j0; j < j1; ++j)
+                h[j] = a[j] > (T)0 ? a[j] : (T)0; /* (R1) */
+        } else {
+            for (ptrdiff_t j = j0; j < j1; ++j)
+                h[j] = TANH(a[j]); /* (R1) */
+        }
     }
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_rnn_gates_bwd)(ptrdiff_t n, ptrdiff_t H, int relu, const T *restrict h__bh,
-                                  const T *restrict dh__bh, T *restrict dpre__bh)
+void NAME(fastrnn_rnn_gates_bwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, int relu,
+                                  const T *restrict h__bh, const T *restrict dh__bh,
+                                  T *restrict dpre__bh)
 {
-    const ptrdiff_t m = n * H;
-    if (relu) {
-        for (ptrdiff_t k = 0; k < m; ++k)
-            dpre__bh[k] = h__bh[k] > (T)0 ? dh__bh[k] : (T)0;
-    } else {
-        for (ptrdiff_t k = 0; k < m; ++k)
-            dpre__bh[k] = dh__bh[k] * ((T)1 - h__bh[k] * h__bh[k]);
+    for (ptrdiff_t b = 0; b < n; ++b) {
+        const T *restrict h = h__bh + b * H, *restrict dh = dh__bh + b * H;
+        T *restrict d = dpre__bh + b * H;
+        if (relu) {
+            for (ptrdiff_t j = j0; j < j1; ++j)
+                d[j] = h[j] > (T)0 ? dh[j] : (T)0;
+        } else {
+            for (ptrdiff_t j = j0; j < j1; ++j)
+                d[j] = dh[j] * ((T)1 - h[j] * h[j]);
+        }
     }
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_lstm_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict pre__bg,
+void NAME(fastrnn_lstm_gates_fwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *restrict pre__bg,
                                    const T *restrict c_prev__bh, T *restrict act__bg, T *restrict c__bh, T *restrict h__bh)
 {
     for (ptrdiff_t b = 0; b < n; ++b) {
@@ -45,7 +52,7 @@ void NAME(fastrnn_lstm_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict pr
         T *restrict c = c__bh + b * H, *restrict h = h__bh + b * H;
         if (act__bg) {
             T *restrict s = act__bg + b * 4 * H;
-            for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t j = j0; j < j1; ++j) {
                 T i = SIGMOID(a[j]), f = SIGMOID(a[H + j]);          /* (L1) */
                 T g = TANH(a[2 * H + j]), o = SIGMOID(a[3 * H + j]);
                 T cj = f * cp[j] + i * g;                               /* (L2) */
@@ -54,7 +61,7 @@ void NAME(fastrnn_lstm_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict pr
                 h[j] = o * TANH(cj);                                    /* (L3) */
             }
         } else {
-            for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t j = j0; j < j1; ++j) {
                 T i = SIGMOID(a[j]), f = SIGMOID(a[H + j]);          /* (L1) */
                 T g = TANH(a[2 * H + j]), o = SIGMOID(a[3 * H + j]);
                 T cj = f * cp[j] + i * g;                               /* (L2) */
@@ -66,7 +73,7 @@ void NAME(fastrnn_lstm_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict pr
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_lstm_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict act__bg,
+void NAME(fastrnn_lstm_gates_bwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *restrict act__bg,
                                    const T *restrict c_prev__bh, const T *restrict c__bh, const T *restrict dh__bh,
                                    T *restrict dc__bh, T *restrict dpre__bg)
 {
@@ -74,7 +81,7 @@ void NAME(fastrnn_lstm_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict ac
         const T *restrict s = act__bg + b * 4 * H;
         const T *restrict cp = c_prev__bh + b * H, *restrict c = c__bh + b * H, *restrict dh = dh__bh + b * H;
         T *restrict dc = dc__bh + b * H, *restrict d = dpre__bg + b * 4 * H;
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        for (ptrdiff_t j = j0; j < j1; ++j) {
             T i = s[j], f = s[H + j], g = s[2 * H + j], o = s[3 * H + j];
             T tc = TANH(c[j]);
             T dcj = dc[j] + dh[j] * o * ((T)1 - tc * tc);  /* (L3) into c */
@@ -88,7 +95,7 @@ void NAME(fastrnn_lstm_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict ac
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict x__bg, const T *restrict hh__bg,
+void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *restrict x__bg, const T *restrict hh__bg,
                                   const T *restrict h_prev__bh, T *restrict act__bg, T *restrict h__bh)
 {
     for (ptrdiff_t b = 0; b < n; ++b) {
@@ -97,7 +104,7 @@ void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict x__
         T *restrict h = h__bh + b * H;
         if (act__bg) {
             T *restrict s = act__bg + b * 4 * H;
-            for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t j = j0; j < j1; ++j) {
                 T r = SIGMOID(x[j] + hh[j]);                   /* (A1) */
                 T z = SIGMOID(x[H + j] + hh[H + j]);
                 T nj = TANH(x[2 * H + j] + r * hh[2 * H + j]); /* (A2) */
@@ -105,7 +112,7 @@ void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict x__
                 h[j] = ((T)1 - z) * nj + z * hp[j];           /* (A3) */
             }
         } else {
-            for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t j = j0; j < j1; ++j) {
                 T r = SIGMOID(x[j] + hh[j]);                   /* (A1) */
                 T z = SIGMOID(x[H + j] + hh[H + j]);
                 T nj = TANH(x[2 * H + j] + r * hh[2 * H + j]); /* (A2) */
@@ -116,7 +123,7 @@ void NAME(fastrnn_gru_gates_fwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict x__
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_gru_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict act__bg,
+void NAME(fastrnn_gru_gates_bwd)(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *restrict act__bg,
                                   const T *restrict h_prev__bh, const T *restrict dh__bh, T *restrict dx__bg,
                                   T *restrict dhn__bh, T *restrict dh_prev__bh)
 {
@@ -125,7 +132,7 @@ void NAME(fastrnn_gru_gates_bwd)(ptrdiff_t n, ptrdiff_t H, const T *restrict act
         const T *restrict hp = h_prev__bh + b * H, *restrict dh = dh__bh + b * H;
         T *restrict dx = dx__bg + b * 3 * H, *restrict dhn = dhn__bh + b * H;
         T *restrict dhp = dh_prev__bh + b * H;
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        for (ptrdiff_t j = j0; j < j1; ++j) {
             T r = s[j], z = s[H + j], nj = s[2 * H + j], hn = s[3 * H + j];
             T dn = dh[j] * ((T)1 - z) * ((T)1 - nj * nj);  /* (A3), (A2) */
             T dz = dh[j] * (hp[j] - nj) * z * ((T)1 - z);   /* (A3), (A1) */

@@ -8,6 +8,9 @@
  *       G   gates (RNN 1, GRU 3, LSTM 4); gate blocks lie side by side in a row:
  *           row b of a (n, G*H) buffer is [gate0: H][gate1: H]...
  * Pointer names carry their axes: `pre__bg` is (n, G*H), `h__bh` is (n, H).
+ * j0, j1: the RNN, LSTM and GRU ("reset after") kernels touch only units j0..j1-1 of each
+ * row (of every gate), so that threads can share one batch row's step by hidden units;
+ * (0, H) is the whole step. Each unit's numbers do not depend on the range.
  * Gate order is PyTorch's: LSTM i,f,g,o; GRU r,z,n.
  * sigma is the logistic function, * is elementwise.
  *
@@ -50,25 +53,25 @@
 
 #define FASTRNN_DECLARE(T, SFX)                                                              \
     /* (R1) */                                                    \
-    void fastrnn_rnn_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, int relu,                      \
+    void fastrnn_rnn_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, int relu,                      \
                                      const T *pre__bh, T *h__bh);                            \
     /* d a = dh * act'(a), from the output h */                                              \
-    void fastrnn_rnn_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, int relu,                      \
+    void fastrnn_rnn_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, int relu,                      \
                                      const T *h__bh, const T *dh__bh, T *dpre__bh);          \
     /* (L1)-(L3); act__bg may be NULL (inference) */                                \
-    void fastrnn_lstm_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *pre__bg,             \
+    void fastrnn_lstm_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *pre__bg,             \
                                       const T *c_prev__bh, T *act__bg, T *c__bh, T *h__bh);  \
     /* dc__bh: in dL/dc, out dL/dc_prev; dh__bh: dL/dh of this step */                       \
-    void fastrnn_lstm_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *act__bg,             \
+    void fastrnn_lstm_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *act__bg,             \
                                       const T *c_prev__bh, const T *c__bh, const T *dh__bh,  \
                                       T *dc__bh, T *dpre__bg);                               \
     /* (A1)-(A3); x__bg = W_i x + b_i, hh__bg = W_h h_prev + b_h; act__bg may be NULL */     \
-    void fastrnn_gru_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *x__bg,                \
+    void fastrnn_gru_gates_fwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *x__bg,                \
                                      const T *hh__bg, const T *h_prev__bh, T *act__bg,       \
                                      T *h__bh);                                              \
     /* dx__bg: gradients of x_r, x_z, x_n (those of hh_r, hh_z are the same); dhn__bh: of    \
        hh_n (dn * r); dh_prev__bh gets the direct part dh * z (the caller adds the rest) */  \
-    void fastrnn_gru_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, const T *act__bg,              \
+    void fastrnn_gru_gates_bwd_##SFX(ptrdiff_t n, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1, const T *act__bg,              \
                                      const T *h_prev__bh, const T *dh__bh, T *dx__bg,        \
                                      T *dhn__bh, T *dh_prev__bh);                            \
     /* (B1); pre__bg holds a_r, a_z in its first 2H columns (row stride 3H) */               \

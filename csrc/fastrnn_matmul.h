@@ -29,6 +29,18 @@
     void fastrnn_small_gemm_##SFX(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,           \
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
                                   int beta, T *c, ptrdiff_t ldc);                            \
+    /* columns c0..c1-1 of the same product only; each column's numbers are those of the    \
+       whole product (every column sums over K in the same order) */                               \
+    void fastrnn_small_gemm_cols_##SFX(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,  \
+                                       const T *a, ptrdiff_t lda, const T *packed,            \
+                                       ptrdiff_t panel_stride, int beta, T *c,                \
+                                       ptrdiff_t ldc);                                        \
+    /* one row (n = 1) over `ranges` column ranges c0[i]..c1[i]-1 of                          \
+       C (1, N) := a (1, K) @ packed + beta * C, every range's numbers those of the whole    \
+       product */                                                                                                                              \
+    void fastrnn_matvec_ranges_##SFX(int ranges, const ptrdiff_t *c0, const ptrdiff_t *c1,    \
+                                     ptrdiff_t K, const T *a, const T *packed,                \
+                                     ptrdiff_t panel_stride, int beta, T *c);                 \
     /* the same over `blocks` blocks of `rows` rows: row i of block s of A is at              \
        a + s * a_block + i * lda (likewise C), e.g. a row range of every time step */        \
     void fastrnn_small_gemm_blocks_##SFX(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N,        \
@@ -60,18 +72,23 @@ FASTRNN_DECLARE_MATMUL(double, f64)
 
 #undef FASTRNN_DECLARE_MATMUL
 
-/* Columns per panel. */
+/* Columns per panel, and per vector (the alignment of a column range). */
+#define FASTRNN_VECTOR_F32 16
+#define FASTRNN_VECTOR_F64 8
 #define FASTRNN_PANEL_F32 64
 #define FASTRNN_PANEL_F64 32
 
-/* Elements of a packed (K, N) matrix. */
+/* Elements of a packed (K, N) matrix: its panels and a vector of slack (a product over a
+   column range that starts inside a vector reads up to a vector past a panel's row). */
 static inline ptrdiff_t fastrnn_packed_size_f32(ptrdiff_t K, ptrdiff_t N)
 {
-    return (N + FASTRNN_PANEL_F32 - 1) / FASTRNN_PANEL_F32 * FASTRNN_PANEL_F32 * K;
+    return (N + FASTRNN_PANEL_F32 - 1) / FASTRNN_PANEL_F32 * FASTRNN_PANEL_F32 * K +
+           FASTRNN_VECTOR_F32;
 }
 static inline ptrdiff_t fastrnn_packed_size_f64(ptrdiff_t K, ptrdiff_t N)
 {
-    return (N + FASTRNN_PANEL_F64 - 1) / FASTRNN_PANEL_F64 * FASTRNN_PANEL_F64 * K;
+    return (N + FASTRNN_PANEL_F64 - 1) / FASTRNN_PANEL_F64 * FASTRNN_PANEL_F64 * K +
+           FASTRNN_VECTOR_F64;
 }
 
 #endif /* FASTRNN_MATMUL_H */

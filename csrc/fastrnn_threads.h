@@ -23,4 +23,21 @@ typedef void (*fastrnn_task)(void *ctx, int t, int nt);
 
 void fastrnn_parallel(int nt, fastrnn_task task, void *ctx);
 
+/* The same for shares that meet at barriers and so must all run at once: when the pool is
+   busy or cannot start nt - 1 workers, it runs task(ctx, 0, 1) alone instead (the task
+   then does every share's work; results must not depend on nt). */
+void fastrnn_parallel_team(int nt, fastrnn_task task, void *ctx);
+
+/* A reusable spinning barrier for the shares of one team job: share t calls
+   fastrnn_barrier_wait(b, t, nt) and returns once all nt shares have arrived as often as it
+   has. Each share counts its arrivals on a cache line of its own. */
+typedef struct {
+    struct {
+        _Alignas(64) _Atomic unsigned count;
+    } arrived[FASTRNN_MAX_THREADS];
+} fastrnn_barrier;
+
+void fastrnn_barrier_init(fastrnn_barrier *b);
+void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt);
+
 #endif /* FASTRNN_THREADS_H */

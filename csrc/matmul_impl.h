@@ -33,6 +33,8 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
     for (ptrdiff_t j = N; j < Npad; ++j) /* zero columns of the last panel */
         for (ptrdiff_t k = 0; k < K; ++k)
             packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
+    for (ptrdiff_t u = 0; u < VW; ++u) /* and the slack after it */
+        packed[Npad * K + u] = (T)0;
 }
 
 /* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so
@@ -89,21 +91,25 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 #define MB 192 /* rows of A per block: 192 x K x 4 bytes stays in L2 for K <= 1024 */
 
 /* Rows are `blocks` blocks of `rows` rows: row i of block s is at a + s * a_block + i * lda
-   (and likewise in C). A panel of B stays in cache while every row passes over it. */
+   (and likewise in C). A panel of B stays in cache while every row passes over it.
+   Columns c0..c1-1 of C only: a tile then covers the part of a panel inside the range,
+   from column col0 % PW of its rows (its last vector may read up to VW - 1 elements past
+   the row, which the packed buffer's slack keeps inside it; they are never stored). */
 static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
-    ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t a_block,
-    ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t c_block,
-    ptrdiff_t ldc)
+    ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K, const T *a,
+    ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+    ptrdiff_t c_block, ptrdiff_t ldc)
 {
     const ptrdiff_t n = blocks * rows;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
        it (panel-major order over all rows re-read A once per panel: the input projection
        of (T, B, I) = (100, 64, 256) ran at half the GEMM rate). */
     for (ptrdiff_t rb = 0; rb < n; rb += MB)
-    for (ptrdiff_t col0 = 0; col0 < N; col0 += PW) {
-        ptrdiff_t width = N - col0 < PW ? N - col0 : PW;
+    for (ptrdiff_t col0 = c0; col0 < c1; col0 = (col0 / PW + 1) * PW) {
+        ptrdiff_t end = (col0 / PW + 1) * PW < c1 ? (col0 / PW + 1) * PW : c1;
+        ptrdiff_t width = end - col0;
         int cv = (int)((width + VW - 1) / VW);
-        const T *panel = packed + col0 / PW * panel_stride;
+        const T *panel = packed + col0 / PW * panel_stride + col0 % PW;
         ptrdiff_t rend = rb + MB < n ? rb + MB : n;
         for (ptrdiff_t r0 = rb; r0 < rend; r0 += 6) { /* 6 x 4 vectors: 24 accumulators */
             const T *arow[6];
@@ -131,8 +137,92 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                               ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(1, n, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
+    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
 }
+
+FASTRNN_CLONES
+void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,
+                                   const T *a, ptrdiff_t lda, const T *packed,
+                                   ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t ldc)
+{
+    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
+}
+
+#define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
+
+/* One row times M vectors of columns, each vector anywhere in the packed matrix: b[v] is
+   its column block at row 0 (row stride PW), c[v] where it goes, width[v] its columns. The
+   same operations per column as tile(): acc = sum over k in order, then + C or + 0. */
+static inline __attribute__((always_inline)) void NAME(matvec_group)(
+    const int M, ptrdiff_t K, const T *a, const T *const *b, T *const *c,
+    const ptrdiff_t *width, int beta)
+{
+    VEC acc[MV];
+    for (int v = 0; v < M; ++v)
+        acc[v] = (VEC){0};
+    for (ptrdiff_t k = 0; k < K; ++k) {
+        const T x = a[k];
+        for (int v = 0; v < M; ++v) {
+            VEC w;
+            memcpy(&w, b[v] + k * PW, sizeof(VEC));
+            acc[v] += x * w;
+        }
+    }
+    for (int v = 0; v < M; ++v) {
+        if (width[v] == VW) {
+            VEC old = (VEC){0};
+            if (beta)
+                memcpy(&old, c[v], sizeof(VEC));
+            VEC sum = acc[v] + old;
+            memcpy(c[v], &sum, sizeof(VEC));
+        } else {
+            T lanes[VW];
+            memcpy(lanes, &acc[v], sizeof(VEC));
+            for (ptrdiff_t u = 0; u < width[v]; ++u)
+                c[v][u] = lanes[u] + (beta ? c[v][u] : (T)0);
+        }
+    }
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_t *c1,
+                                 ptrdiff_t K, const T *a, const T *packed,
+                                 ptrdiff_t panel_stride, int beta, T *c)
+{
+    /* Every vector of every range joins a group of MV: a few short ranges (one a gate, as
+       when threads share a step by units) still keep MV chains in flight, where a tile per
+       range would run 1-2 chains, bound by the FMA latency. */
+    const T *b[MV];
+    T *out[MV];
+    ptrdiff_t width[MV];
+    int m = 0;
+    for (int i = 0; i < ranges; ++i) {
+        for (ptrdiff_t col = c0[i], next; col < c1[i]; col = next) {
+            /* a vector ends at the range's end or its panel's, whichever comes first */
+            next = col + VW < c1[i] ? col + VW : c1[i];
+            next = next < (col / PW + 1) * PW ? next : (col / PW + 1) * PW;
+            b[m] = packed + col / PW * panel_stride + col % PW;
+            out[m] = c + col;
+            width[m] = next - col;
+            if (++m == MV) {
+                NAME(matvec_group)(MV, K, a, b, out, width, beta);
+                m = 0;
+            }
+        }
+    }
+    switch (m) {
+    case 7: NAME(matvec_group)(7, K, a, b, out, width, beta); break;
+    case 6: NAME(matvec_group)(6, K, a, b, out, width, beta); break;
+    case 5: NAME(matvec_group)(5, K, a, b, out, width, beta); break;
+    case 4: NAME(matvec_group)(4, K, a, b, out, width, beta); break;
+    case 3: NAME(matvec_group)(3, K, a, b, out, width, beta); break;
+    case 2: NAME(matvec_group)(2, K, a, b, out, width, beta); break;
+    case 1: NAME(matvec_group)(1, K, a, b, out, width, beta); break;
+    default: break;
+    }
+}
+
+#undef MV
 
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
@@ -140,7 +230,7 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                                      const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                                      ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(blocks, rows, N, K, a, a_block, lda, packed, panel_stride, beta, c,
+    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, c,
                       c_block, ldc);
 }
 

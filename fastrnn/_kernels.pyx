@@ -35,33 +35,33 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 cdef extern from "fastrnn_cells.h" nogil:
     unsigned fastrnn_denormals_flush()
     void fastrnn_denormals_restore(unsigned previous)
-    void fastrnn_rnn_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, int relu, const float *pre,
+    void fastrnn_rnn_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int relu, const float *pre,
                                    float *h)
-    void fastrnn_rnn_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, int relu, const double *pre,
+    void fastrnn_rnn_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int relu, const double *pre,
                                    double *h)
-    void fastrnn_rnn_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, int relu, const float *h,
+    void fastrnn_rnn_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int relu, const float *h,
                                    const float *dh, float *dpre)
-    void fastrnn_rnn_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, int relu, const double *h,
+    void fastrnn_rnn_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int relu, const double *h,
                                    const double *dh, double *dpre)
-    void fastrnn_lstm_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
+    void fastrnn_lstm_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const float *pre,
                                     const float *c_prev, float *act, float *c, float *h)
-    void fastrnn_lstm_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *pre,
+    void fastrnn_lstm_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const double *pre,
                                     const double *c_prev, double *act, double *c, double *h)
-    void fastrnn_lstm_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+    void fastrnn_lstm_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const float *act,
                                     const float *c_prev, const float *c, const float *dh,
                                     float *dc, float *dpre)
-    void fastrnn_lstm_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+    void fastrnn_lstm_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const double *act,
                                     const double *c_prev, const double *c, const double *dh,
                                     double *dc, double *dpre)
-    void fastrnn_gru_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *x, const float *hh,
+    void fastrnn_gru_gates_fwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const float *x, const float *hh,
                                    const float *h_prev, float *act, float *h)
-    void fastrnn_gru_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, const double *x,
+    void fastrnn_gru_gates_fwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const double *x,
                                    const double *hh, const double *h_prev, double *act,
                                    double *h)
-    void fastrnn_gru_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, const float *act,
+    void fastrnn_gru_gates_bwd_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const float *act,
                                    const float *h_prev, const float *dh, float *dx, float *dhn,
                                    float *dh_prev)
-    void fastrnn_gru_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, const double *act,
+    void fastrnn_gru_gates_bwd_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, const double *act,
                                    const double *h_prev, const double *dh, double *dx,
                                    double *dhn, double *dh_prev)
     void fastrnn_grub_rz_fwd_f32(Py_ssize_t n, Py_ssize_t H, const float *pre,
@@ -92,6 +92,11 @@ cdef extern from "fastrnn_cells.h" nogil:
 cdef extern from "fastrnn_threads.h" nogil:
     ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
     void fastrnn_parallel(int nt, fastrnn_task task, void *ctx)
+    void fastrnn_parallel_team(int nt, fastrnn_task task, void *ctx)
+    ctypedef struct fastrnn_barrier:
+        pass
+    void fastrnn_barrier_init(fastrnn_barrier *b)
+    void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt)
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -104,6 +109,19 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_small_gemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double *a,
                                 Py_ssize_t lda, const double *packed, Py_ssize_t panel_stride,
                                 int beta, double *c, Py_ssize_t ldc)
+    void fastrnn_small_gemm_cols_f32(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
+                                     const float *a, Py_ssize_t lda, const float *packed,
+                                     Py_ssize_t panel_stride, int beta, float *c, Py_ssize_t ldc)
+    void fastrnn_small_gemm_cols_f64(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
+                                     const double *a, Py_ssize_t lda, const double *packed,
+                                     Py_ssize_t panel_stride, int beta, double *c,
+                                     Py_ssize_t ldc)
+    void fastrnn_matvec_ranges_f32(int ranges, const Py_ssize_t *c0, const Py_ssize_t *c1,
+                                   Py_ssize_t K, const float *a, const float *packed,
+                                   Py_ssize_t panel_stride, int beta, float *c)
+    void fastrnn_matvec_ranges_f64(int ranges, const Py_ssize_t *c0, const Py_ssize_t *c1,
+                                   Py_ssize_t K, const double *a, const double *packed,
+                                   Py_ssize_t panel_stride, int beta, double *c)
     void fastrnn_small_gemm_blocks_f32(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const float *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const float *packed,
@@ -126,6 +144,8 @@ cdef extern from "fastrnn_matmul.h" nogil:
     Py_ssize_t fastrnn_packed_size_f64(Py_ssize_t K, Py_ssize_t N)
     const int FASTRNN_PANEL_F32
     const int FASTRNN_PANEL_F64
+    const int FASTRNN_VECTOR_F32
+    const int FASTRNN_VECTOR_F64
 
 # Batches up to this size take the own kernel for the per-step products; larger ones take
 # BLAS. Measured (LSTM and GRU, 1 thread, bench/compare.py shapes): the own kernel is
@@ -442,9 +462,9 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
                              ps, True, pre, <int> GH)
             if floating is float:
-                fastrnn_rnn_gates_fwd_f32(n, H, relu, pre, hn)
+                fastrnn_rnn_gates_fwd_f32(n, H, 0, H, relu, pre, hn)
             else:
-                fastrnn_rnn_gates_fwd_f64(n, H, relu, pre, hn)
+                fastrnn_rnn_gates_fwd_f64(n, H, 0, H, relu, pre, hn)
         elif cell == LSTM:
             cp = cs + ((s % NH) * B + r0) * H
             cn = cs + (((s + 1) % NH) * B + r0) * H
@@ -457,9 +477,9 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             else:
                 hcell = work
             if floating is float:
-                fastrnn_lstm_gates_fwd_f32(n, H, pre, cp, act, cn, hcell)
+                fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
             else:
-                fastrnn_lstm_gates_fwd_f64(n, H, pre, cp, act, cn, hcell)
+                fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
@@ -468,9 +488,9 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
                              ps, True, work, <int> GH)
             if floating is float:
-                fastrnn_gru_gates_fwd_f32(n, H, pre, work, hp, act, hn)
+                fastrnn_gru_gates_fwd_f32(n, H, 0, H, pre, work, hp, act, hn)
             else:
-                fastrnn_gru_gates_fwd_f64(n, H, pre, work, hp, act, hn)
+                fastrnn_gru_gates_fwd_f64(n, H, 0, H, pre, work, hp, act, hn)
         else:  # GRU_B: (B1) needs r before the n-gate's product can start
             recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, w_hh, <int> H, True,
                              pk, ps, True, pre, <int> GH)
@@ -538,9 +558,9 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
         act = acts + (s * B + r0) * 4 * H
         if cell == RNN_TANH or cell == RNN_RELU:
             if floating is float:
-                fastrnn_rnn_gates_bwd_f32(n, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
+                fastrnn_rnn_gates_bwd_f32(n, H, 0, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
             else:
-                fastrnn_rnn_gates_bwd_f64(n, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
+                fastrnn_rnn_gates_bwd_f64(n, H, 0, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
             # dh_prev = dpre W_hh
             recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, w_hh, <int> H, False, pk,
                              ps, False, dh, <int> H)
@@ -552,18 +572,18 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                      <int> H, <floating> 0, tmp, <int> H)
                 hcell = tmp
             if floating is float:
-                fastrnn_lstm_gates_bwd_f32(n, H, act, cs + (s * B + r0) * H,
+                fastrnn_lstm_gates_bwd_f32(n, H, 0, H, act, cs + (s * B + r0) * H,
                                            cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
             else:
-                fastrnn_lstm_gates_bwd_f64(n, H, act, cs + (s * B + r0) * H,
+                fastrnn_lstm_gates_bwd_f64(n, H, 0, H, act, cs + (s * B + r0) * H,
                                            cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
             recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, w_hh, <int> P, False, pk,
                              ps, False, dh, <int> P)
         elif cell == GRU:
             if floating is float:
-                fastrnn_gru_gates_bwd_f32(n, H, act, hp, dh, dg, dgh, tmp)
+                fastrnn_gru_gates_bwd_f32(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
             else:
-                fastrnn_gru_gates_bwd_f64(n, H, act, hp, dh, dg, dgh, tmp)
+                fastrnn_gru_gates_bwd_f64(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
             # (A1)-(A2) through hh = W_hh h_prev + b_hh
             recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
                              pk, ps, True, tmp, <int> H)
@@ -600,6 +620,237 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                                           <const double *> q.ipk, GH * panel(<floating> 0),
                                           False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
                                           q.n_in)
+
+
+# ---------------------------------------------------------------------------------------
+# One batch row shared by hidden units
+# ---------------------------------------------------------------------------------------
+#
+# At batch 1 there are no rows to split, and a step is a matrix-vector product that reads
+# all of W_hh: each of nt threads takes a range of hidden units (of every gate), so that it
+# reads only its part of W_hh (which then stays in its core's cache) and meets the others
+# at a barrier once a step, when the new state is complete. Each unit's numbers come from
+# the same operations in the same order as in forward_rows / backward_rows, so results do
+# not depend on the split. Cells: RNN, LSTM without projection, GRU "reset after".
+
+
+cdef inline void unit_range(Py_ssize_t H, int t, int nt, floating dummy, Py_ssize_t *j0,
+                            Py_ssize_t *j1) noexcept nogil:
+    """Thread t's units j0..j1-1, in whole vectors: each thread's range then splits into
+    vector body and remainder where the whole range does, so the vectorised gate math gives
+    every unit the same numbers whatever the split."""
+    cdef Py_ssize_t vw = FASTRNN_VECTOR_F32 if floating is float else FASTRNN_VECTOR_F64
+    cdef Py_ssize_t blocks = (H + vw - 1) // vw
+    j0[0] = min(H, blocks * t // nt * vw)
+    j1[0] = min(H, blocks * (t + 1) // nt * vw)
+
+
+cdef inline void gemm_cols(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
+                           const floating *a, Py_ssize_t lda, const floating *packed,
+                           Py_ssize_t ps, bint accumulate, floating *c,
+                           Py_ssize_t ldc) noexcept nogil:
+    """Columns c0..c1-1 of c (n, N) := a (n, K) @ packed (+ c if accumulate)."""
+    if c1 <= c0:
+        return
+    if floating is float:
+        fastrnn_small_gemm_cols_f32(n, c0, c1, K, a, lda, packed, ps, accumulate, c, ldc)
+    else:
+        fastrnn_small_gemm_cols_f64(n, c0, c1, K, a, lda, packed, ps, accumulate, c, ldc)
+
+
+cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t n,
+                           Py_ssize_t K, const floating *a, Py_ssize_t lda,
+                           const floating *packed, Py_ssize_t ps, floating *c,
+                           Py_ssize_t ldc) noexcept nogil:
+    """Units j0..j1-1 of every gate of c (n, G*H) += a (n, K) @ packed (K, G*H); one row
+    takes every gate's range in a single pass."""
+    cdef int g
+    cdef Py_ssize_t c0[4]
+    cdef Py_ssize_t c1[4]
+    if j1 <= j0:
+        return
+    if n == 1:
+        for g in range(G):
+            c0[g], c1[g] = g * H + j0, g * H + j1
+        if floating is float:
+            fastrnn_matvec_ranges_f32(G, c0, c1, K, a, packed, ps, True, c)
+        else:
+            fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c)
+        return
+    for g in range(G):
+        gemm_cols(n, g * H + j0, g * H + j1, K, a, lda, packed, ps, True, c, ldc)
+
+
+cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
+                        fastrnn_barrier *barrier) noexcept nogil:
+    """Thread t's hidden units of the one row of a batch-1 forward pass, every step."""
+    cdef int cell = q.cell, G = num_gates(cell), g
+    cdef bint relu = cell == RNN_RELU
+    cdef Py_ssize_t H = q.H, GH = q.GH, NH = q.NH, ps = q.panel_stride, I = q.n_in
+    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, steps = 0
+    cdef const floating *pk = <const floating *> q.pk
+    cdef const floating *b_hh = <const floating *> q.b_hh
+    cdef const floating *bias = <const floating *> q.bias
+    cdef floating *hs = <floating *> q.hs
+    cdef floating *cs = <floating *> q.cs
+    cdef floating *yc = <floating *> q.yc
+    cdef floating *work = <floating *> q.work
+    cdef floating *pre
+    cdef floating *hp
+    cdef floating *hn
+    cdef floating *act
+    unit_range(H, t, nt, <floating> 0, &j0, &j1)
+    if j1 > j0:
+        # (1) this thread's columns of the input projection, every step
+        for s in range(S):
+            for g in range(G):
+                memcpy(xproj + s * GH + g * H + j0, bias + g * H + j0,
+                       (j1 - j0) * sizeof(floating))
+        gate_cols(G, H, j0, j1, S, I, <const floating *> q.xc, I, <const floating *> q.ipk,
+                  I * panel(<floating> 0), xproj, GH)
+    for s in range(min(S, length)):
+        pre = xproj + s * GH
+        hp = hs + (s % NH) * H
+        hn = hs + ((s + 1) % NH) * H
+        act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
+        if j1 > j0:
+            # (2) this thread's units: their columns of the recurrent product, gate math
+            if cell == GRU:
+                for g in range(G):
+                    memcpy(work + g * H + j0, b_hh + g * H + j0, (j1 - j0) * sizeof(floating))
+                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, work, GH)
+            else:
+                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, pre, GH)
+            if cell == LSTM:
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(1, H, j0, j1, pre, cs + (s % NH) * H, act,
+                                               cs + ((s + 1) % NH) * H, hn)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(1, H, j0, j1, pre, cs + (s % NH) * H, act,
+                                               cs + ((s + 1) % NH) * H, hn)
+            elif cell == GRU:
+                if floating is float:
+                    fastrnn_gru_gates_fwd_f32(1, H, j0, j1, pre, work, hp, act, hn)
+                else:
+                    fastrnn_gru_gates_fwd_f64(1, H, j0, j1, pre, work, hp, act, hn)
+            else:
+                if floating is float:
+                    fastrnn_rnn_gates_fwd_f32(1, H, j0, j1, relu, pre, hn)
+                else:
+                    fastrnn_rnn_gates_fwd_f64(1, H, j0, j1, relu, pre, hn)
+            memcpy(yc + s * H + j0, hn + j0, (j1 - j0) * sizeof(floating))
+        # every thread's part of h_s is written before any thread reads it
+        fastrnn_barrier_wait(barrier, t, nt)
+        steps = s + 1
+    if t == 0:  # steps past the sequence's end
+        for s in range(steps, S):
+            memset(yc + s * H, 0, H * sizeof(floating))
+            if q.training:
+                zero_saved_rows(q, hs, s, 0, 1)
+
+
+cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
+                         fastrnn_barrier *barrier) noexcept nogil:
+    """Thread t's hidden units of the one row of a batch-1 backward pass, every step, and
+    its columns of dX."""
+    cdef int cell = q.cell, G = num_gates(cell), g
+    cdef bint relu = cell == RNN_RELU
+    cdef Py_ssize_t H = q.H, GH = q.GH, ps = q.panel_stride, I = q.n_in
+    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, i0, i1
+    cdef const floating *pk = <const floating *> q.pk
+    cdef const floating *hs = <const floating *> q.hs
+    cdef const floating *cs = <const floating *> q.cs
+    cdef const floating *acts = <const floating *> q.acts
+    cdef const floating *dyc = <const floating *> q.yc
+    cdef floating *dh = <floating *> q.work           # (1, H)
+    cdef floating *dc = <floating *> q.work + H       # (1, H)
+    cdef floating *tmp = <floating *> q.work + 2 * H
+    cdef floating *dg
+    cdef floating *dgh
+    cdef Py_ssize_t k
+    unit_range(H, t, nt, <floating> 0, &j0, &j1)
+    for s in range(S - 1, -1, -1):
+        dg = dgx + s * GH
+        dgh = <floating *> q.dgh + s * H
+        if s >= length:  # past the end: zero gate gradients, the state gradient passes
+            for g in range(G):
+                memset(dg + g * H + j0, 0, (j1 - j0) * sizeof(floating))
+            if cell == GRU:
+                memset(dgh + j0, 0, (j1 - j0) * sizeof(floating))
+            continue
+        for k in range(j0, j1):
+            dh[k] += dyc[s * H + k]
+        if cell == LSTM:
+            if floating is float:
+                fastrnn_lstm_gates_bwd_f32(1, H, j0, j1, acts + s * 4 * H, cs + s * H,
+                                           cs + (s + 1) * H, dh, dc, dg)
+            else:
+                fastrnn_lstm_gates_bwd_f64(1, H, j0, j1, acts + s * 4 * H, cs + s * H,
+                                           cs + (s + 1) * H, dh, dc, dg)
+        elif cell == GRU:
+            if floating is float:
+                fastrnn_gru_gates_bwd_f32(1, H, j0, j1, acts + s * 4 * H, hs + s * H, dh, dg,
+                                          dgh, tmp)
+            else:
+                fastrnn_gru_gates_bwd_f64(1, H, j0, j1, acts + s * 4 * H, hs + s * H, dh, dg,
+                                          dgh, tmp)
+        else:
+            if floating is float:
+                fastrnn_rnn_gates_bwd_f32(1, H, j0, j1, relu, hs + (s + 1) * H, dh, dg)
+            else:
+                fastrnn_rnn_gates_bwd_f64(1, H, j0, j1, relu, hs + (s + 1) * H, dh, dg)
+        # every thread's gate gradients are written before any thread multiplies them
+        fastrnn_barrier_wait(barrier, t, nt)
+        # this thread's units of dh_prev = dG W_hh (GRU: direct part + r, z blocks + n block)
+        if cell == GRU:
+            gemm_cols(1, j0, j1, 2 * H, dg, GH, pk, ps, True, tmp, H)
+            gemm_cols(1, j0, j1, H, dgh, H, pk + 2 * H * panel(<floating> 0), ps, True, tmp, H)
+            memcpy(dh + j0, tmp + j0, (j1 - j0) * sizeof(floating))
+        else:
+            gemm_cols(1, j0, j1, GH, dg, GH, pk, ps, False, dh, H)
+    # this thread's columns of dX = dG W_ih, every step (needs every thread's dG)
+    fastrnn_barrier_wait(barrier, t, nt)
+    unit_range(I, t, nt, <floating> 0, &i0, &i1)
+    gemm_cols(S, i0, i1, GH, dgx, GH, <const floating *> q.ipk, GH * panel(<floating> 0),
+              False, <floating *> q.xc, I)
+
+
+cdef struct UnitJob:
+    const Seq *q
+    void *buf
+    bint backward
+    bint double
+    fastrnn_barrier barrier
+
+
+cdef void unit_task(void *ctx, int t, int nt) noexcept nogil:
+    """Share t of a UnitJob, denormals flushed."""
+    cdef UnitJob *job = <UnitJob *> ctx
+    cdef unsigned csr = fastrnn_denormals_flush()
+    if job.double and job.backward:
+        backward_units(job.q, <double *> job.buf, t, nt, &job.barrier)
+    elif job.double:
+        forward_units(job.q, <double *> job.buf, t, nt, &job.barrier)
+    elif job.backward:
+        backward_units(job.q, <float *> job.buf, t, nt, &job.barrier)
+    else:
+        forward_units(job.q, <float *> job.buf, t, nt, &job.barrier)
+    fastrnn_denormals_restore(csr)
+
+
+cdef void run_units(const Seq *q, floating *buf, bint backward, int nt) noexcept nogil:
+    """The one row of a batch-1 call, its hidden units shared by nt threads."""
+    cdef UnitJob job
+    job.q, job.buf, job.backward, job.double = q, buf, backward, floating is double
+    fastrnn_barrier_init(&job.barrier)
+    fastrnn_parallel_team(nt, unit_task, &job)
+
+
+cdef inline bint units_apply(const Seq *q, int unit_threads) noexcept nogil:
+    """Whether a call takes the hidden-unit split: batch 1 on the own kernels, a cell it
+    covers, and more than one thread asked for."""
+    return (unit_threads > 1 and q.B == 1 and q.pk != NULL and q.ipk != NULL and not q.proj
+            and q.cell != GRU_B)
 
 
 cdef struct RowJob:
@@ -764,6 +1015,7 @@ def forward(int cell,
             cnp.ndarray lengths,                # IN   (B,) each in [0, S]
             cnp.ndarray order,                  # IN   (B,) rows, longest first
             cnp.ndarray bounds,                 # IN   (threads + 1,) row ranges, one a thread
+            int unit_threads,                   # IN   threads sharing a batch-1 step by units
             cnp.ndarray yc,                     # OUT  (S, B, P) compact output, zero past length
             cnp.ndarray h_n,                    # OUT  (B, P) user row order
             cnp.ndarray c_n,                    # OUT  (B, H) LSTM; (0, H) otherwise
@@ -866,8 +1118,11 @@ def forward(int cell,
                 fill_rows(S * B, GH, bias, xproj_)
                 gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
                      w_ih_, <int> I, <floating> 1, xproj_, <int> GH)
-            # (2) the time loop, row ranges in parallel
-            run_rows(&q, xproj_, False, bounds_, nt)
+            # (2) the time loop: row ranges in parallel, or one row's hidden units
+            if units_apply(&q, unit_threads):
+                run_units(&q, xproj_, False, unit_threads)
+            else:
+                run_rows(&q, xproj_, False, bounds_, nt)
         # final state of each row: the state after its own last step
         for j in range(B):
             r = lengths_[order_[j]] % NH
@@ -888,6 +1143,7 @@ def backward(int cell,
              cnp.ndarray lengths,               # IN   (B,)
              cnp.ndarray order,                 # IN   (B,)
              cnp.ndarray bounds,                # IN   (threads + 1,) row ranges, one a thread
+             int unit_threads,                  # IN   threads sharing a batch-1 step by units
              cnp.ndarray hs,                    # IN   (S+1, B, P) from forward (training)
              cnp.ndarray cs,                    # IN   (S+1, B, H) LSTM; (0, 0, H) otherwise
              cnp.ndarray acts,                  # IN   (S, B, 4H); (0, B, 4H) for RNN
@@ -912,7 +1168,8 @@ def backward(int cell,
              cnp.ndarray ipack,                 # WORK backward_input_pack_size(...): W_ih
                                                 #      packed for dX; empty for BLAS
              cnp.ndarray gbuf):                 # WORK (threads, gemm_buffer_size()) scratch
-                                                #      of the weight-gradient products
+                                                #      of the weight-gradient products, one
+                                                #      row a thread (its rows: their threads)
     """Backpropagation through time of one forward() call made in training mode.
 
     Steps run from the last down to 0 on the rows still running there; a row's state
@@ -965,7 +1222,7 @@ def backward(int cell,
     cdef floating *dc = work_ + B * H
     if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
             work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
-            order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < nt)
+            order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < 1)
             or (cell != RNN_TANH and cell != RNN_RELU and acts.size < SB * 4 * H)):
         raise ValueError("backward: inconsistent workspace sizes (a bug in fastrnn)")
     q.cell, q.training, q.proj = cell, True, proj
@@ -998,13 +1255,16 @@ def backward(int cell,
                 memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(dc + j * H, dc_n_ + order_[j] * H, H * sizeof(floating))
-            run_rows(&q, dgx_, True, bounds_, nt)
+            if units_apply(&q, unit_threads):
+                run_units(&q, dgx_, True, unit_threads)
+            else:
+                run_rows(&q, dgx_, True, bounds_, nt)
             for j in range(B):
                 memcpy(dh0_ + order_[j] * P, dh + j * P, P * sizeof(floating))
                 if cell == LSTM:
                     memcpy(dc0_ + order_[j] * H, dc + j * H, H * sizeof(floating))
             if S > 0 and ipk != NULL:
-                run_weight_grads(&wg, gbuf_, gbuf.shape[1], nt)
+                run_weight_grads(&wg, gbuf_, gbuf.shape[1], <int> gbuf.shape[0])
             elif S > 0:
                 # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
                 gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, dgx_, <int> GH,

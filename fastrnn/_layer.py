@@ -61,6 +61,7 @@ class Tape:
     lengths: np.ndarray  # (B,) int64
     order: np.ndarray  # (B,) int64, longest first
     bounds: np.ndarray  # (threads + 1,) int64 row ranges
+    unit_threads: int  # threads sharing a batch-1 step by hidden units
     reverse: bool
     identity: bool  # compact layout == user layout (forward, no lengths)
     T: int
@@ -183,11 +184,12 @@ def forward(
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     packed = buffer.holds(params, (wpack, ipack))
     bounds = _threads.row_bounds(lens, order, S, G * H * (P + x.shape[2]))
+    unit_threads = _threads.unit_threads(B, S, G * H * P)
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
-        h0, c0, lens, order, bounds, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
+        h0, c0, lens, order, bounds, unit_threads, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
         ipack,
     )  # fmt: skip
 
@@ -199,7 +201,8 @@ def forward(
     tape = None
     if training:
         tape = Tape(
-            cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, reverse, identity, T
+            cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
+            reverse, identity, T,
         )
     return y, h_n, (c_n if is_lstm else None), tape
 
@@ -241,11 +244,12 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     double = dtype == np.float64
     wpack = np.empty(_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double), dtype)
     ipack = np.empty(_kernels.backward_input_pack_size(B, G * H, I, double), dtype)
-    gbuf = np.empty((len(tape.bounds) - 1, _kernels.gemm_buffer_size(G * H, double)), dtype)
+    grad_threads = _threads.product_threads(S * B * G * H * (I + P))
+    gbuf = np.empty((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
-        tape.bounds,
+        tape.bounds, tape.unit_threads,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
         grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,

@@ -275,6 +275,114 @@ def test_results_do_not_depend_on_thread_count(cell, dtype, lens, threads):
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
 
 
+@pytest.fixture
+def unit_threads():
+    """Set the thread count for one test (restored after), with both cut-offs at zero so that
+    even a tiny batch-1 step is shared among threads by hidden units."""
+    saved = fastrnn.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
+    yield fastrnn.set_num_threads
+    mp.undo()
+    fastrnn.set_num_threads(saved)
+
+
+UNIT_SPLIT_CASES = [  # (hidden, length of the one row or None)
+    pytest.param(5, None, id="H5-fewer-units-than-a-vector"),
+    pytest.param(40, None, id="H40-partial-vector"),
+    pytest.param(72, 9, id="H72-length-9-of-11"),
+    pytest.param(33, 0, id="H33-length-0"),
+]
+
+
+@pytest.mark.parametrize(("hidden", "length"), UNIT_SPLIT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_batch_one_split_by_units_does_not_change_results(cell, dtype, hidden, length,
+                                                          unit_threads):
+    """At batch 1, threads share each step by hidden units: outputs, states and every
+    gradient are bit-identical for 1, 2 and 3 threads, and match the reference."""
+    steps, inputs = 11, 7
+    rng = np.random.default_rng(41)
+    model = make_model(cell, inputs, hidden, num_layers=2, dtype=dtype, seed=41)
+    x = normal(rng, (steps, 1, inputs), dtype)
+    h0 = normal(rng, (2, 1, hidden), dtype, 0.5)
+    c0 = normal(rng, (2, 1, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = None if length is None else np.array([length])
+    dy = normal(rng, (steps, 1, hidden), dtype)
+    dh, dc = normal(rng, (2, 1, hidden), dtype), normal(rng, (2, 1, hidden), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    unit_threads(1)
+    serial = run_model_and_grads(*args)
+    y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 2, False, h0, c0, lens)
+    assert_close(serial["y"], y_ref, dtype)
+    assert_close(serial["h_n"], h_ref, dtype)
+    for n in (2, 3):
+        unit_threads(n)
+        parallel = run_model_and_grads(*args)
+        for name, value in serial.items():
+            np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_batch_one_split_at_natural_size(cell):
+    """(T, B, I, H) = (50, 1, 16, 128) shares its steps by units at the default cut-offs; a
+    stream stepping one step at a time (no split) gives the same numbers bit for bit."""
+    saved = fastrnn.get_num_threads()
+    rng = np.random.default_rng(42)
+    model = make_model(cell, 16, 128, dtype=np.float32, seed=42)
+    x = normal(rng, (50, 1, 16), np.float32)
+    dy = normal(rng, (50, 1, 128), np.float32)
+    try:
+        fastrnn.set_num_threads(2)
+        G = {"rnn_tanh": 1, "lstm": 4, "gru": 3}[cell]
+        assert fastrnn._threads.unit_threads(1, 50, G * 128 * 128) == 2
+        y2, _, backward = model.forward_train(x)
+        g2 = backward(dy)
+        fastrnn.set_num_threads(1)
+        y1, _, backward = model.forward_train(x)
+        g1 = backward(dy)
+        stream = model.stream(1)
+        stepped = np.stack([stream.step(x[t]) for t in range(50)])
+    finally:
+        fastrnn.set_num_threads(saved)
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(stepped, y1)
+    np.testing.assert_array_equal(g2.x, g1.x)
+    for name, value in g1.params.items():
+        np.testing.assert_array_equal(g2.params[name], value, err_msg=name)
+
+
+def test_batch_one_split_from_two_threads_at_once(unit_threads):
+    """Two Python threads calling at once: one of them finds the pool busy and runs its
+    batch-1 step alone (a team job never waits for a share nobody runs); both agree with a
+    serial call."""
+    import threading
+
+    rng = np.random.default_rng(43)
+    model = make_model("lstm", 8, 48, dtype=np.float32, seed=43)
+    xs = [normal(rng, (200, 1, 8), np.float32) for _ in range(2)]
+    unit_threads(1)
+    want = [model(x)[0] for x in xs]
+    unit_threads(2)
+    got = [[None] * 20, [None] * 20]
+
+    def run(k):
+        for r in range(20):
+            got[k][r] = model(xs[k])[0]
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a batch-1 team job hung"
+    for k in range(2):
+        for r in range(20):
+            np.testing.assert_array_equal(got[k][r], want[k])
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_parallel_split_at_natural_size(cell):
     """A problem big enough to split without lowering the cut-off: 2 threads equal 1."""
