@@ -176,9 +176,7 @@ def forward(
     wpack = buffer(
         "wpack", (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, dtype == np.float64),)
     )
-    ipack = buffer(
-        "ipack", (_kernels.input_pack_size(B, x.shape[2], G * H, dtype == np.float64),)
-    )
+    ipack = buffer("ipack", (_kernels.input_pack_size(B, x.shape[2], G * H, dtype == np.float64),))
     # A caller that lends workspaces (a stream) also keeps the packed weights from one call to
     # the next, for as long as the parameters are the same arrays.
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
@@ -189,8 +187,8 @@ def forward(
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
-        h0, c0, lens, order, bounds, unit_threads, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack,
-        ipack,
+        h0, c0, lens, order, bounds, unit_threads, yc, h_n, c_n, xproj, hs, cs, acts, hraw,
+        work, wpack, ipack,
     )  # fmt: skip
 
     if identity:
@@ -203,7 +201,7 @@ def forward(
         tape = Tape(
             cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
             reverse, identity, T,
-        )
+        )  # fmt: skip
     return y, h_n, (c_n if is_lstm else None), tape
 
 

@@ -299,8 +299,9 @@ UNIT_SPLIT_CASES = [  # (hidden, length of the one row or None)
 @pytest.mark.parametrize(("hidden", "length"), UNIT_SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_batch_one_split_by_units_does_not_change_results(cell, dtype, hidden, length,
-                                                          unit_threads):
+def test_batch_one_split_by_units_does_not_change_results(
+    cell, dtype, hidden, length, unit_threads
+):
     """At batch 1, threads share each step by hidden units: outputs, states and every
     gradient are bit-identical for 1, 2 and 3 threads, and match the reference."""
     steps, inputs = 11, 7
