@@ -11,24 +11,87 @@ typedef T VEC __attribute__((vector_size(VW * sizeof(T)), aligned(sizeof(T))));
 
 #define PW (4 * VW)
 
+typedef TI CAT(ivec, SFX) __attribute__((vector_size(VW * sizeof(T))));
+
+/* Shuffle indices of the transpose below, one row per scale d = VW/2, ..., 1 (constants,
+   so that each shuffle is one two-source permute): lo[c] = c & d ? VW + c - d : c,
+   hi[c] = c & d ? VW + c : c + d. */
+#if VW == 16
+#define TSTAGES 4
+static const TI NAME(transpose_lo)[TSTAGES][VW] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+    {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+    {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+    {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+static const TI NAME(transpose_hi)[TSTAGES][VW] = {
+    {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+    {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+    {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+    {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+#elif VW == 8
+#define TSTAGES 3
+static const TI NAME(transpose_lo)[TSTAGES][VW] = {
+    {0, 1, 2, 3, 8, 9, 10, 11},
+    {0, 1, 8, 9, 4, 5, 12, 13},
+    {0, 8, 2, 10, 4, 12, 6, 14}};
+static const TI NAME(transpose_hi)[TSTAGES][VW] = {
+    {4, 5, 6, 7, 12, 13, 14, 15},
+    {2, 3, 10, 11, 6, 7, 14, 15},
+    {1, 9, 3, 11, 5, 13, 7, 15}};
+#endif
+
+/* r[0..VW-1] := its transpose, as VW x VW lanes: at each scale d the off-diagonal d x d
+   blocks of every 2d x 2d block swap, two rows at a time (a two-source shuffle each). */
+static inline __attribute__((always_inline)) void NAME(transpose)(VEC *r)
+{
+#pragma GCC unroll 4
+    for (int stage = 0, d = VW / 2; stage < TSTAGES; ++stage, d /= 2) {
+        CAT(ivec, SFX) lo, hi;
+        memcpy(&lo, NAME(transpose_lo)[stage], sizeof(lo));
+        memcpy(&hi, NAME(transpose_hi)[stage], sizeof(hi));
+#pragma GCC unroll 16
+        for (int i = 0; i < VW; ++i) {
+            if (i & d)
+                continue;
+            VEC a = r[i], b = r[i + d];
+            r[i] = __builtin_shuffle(a, b, lo);
+            r[i + d] = __builtin_shuffle(a, b, hi);
+        }
+    }
+}
+#undef TSTAGES
+
+FASTRNN_CLONES
 void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
                         T *packed)
 {
     const ptrdiff_t Npad = (N + PW - 1) / PW * PW;
-    /* packed[j / PW][k][j % PW] = op(W)[k][j]; read W along its rows (the cache-friendly
-       order: a strided read of W^T cost ~300 us at 256 x 1024) */
+    /* packed[j / PW][k][j % PW] = op(W)[k][j] */
     if (trans) { /* blocks of VW rows of W: each k writes one contiguous vector */
         for (ptrdiff_t j0 = 0; j0 < N; j0 += VW) {
             ptrdiff_t jn = N - j0 < VW ? N - j0 : VW;
             T *dst = packed + j0 / PW * K * PW + j0 % PW;
-            for (ptrdiff_t k = 0; k < K; ++k)
+            ptrdiff_t k = 0;
+            if (jn == VW) /* VW x VW blocks: load rows, transpose in registers, store */
+                for (; k + VW <= K; k += VW) {
+                    VEC r[VW];
+#pragma GCC unroll 16
+                    for (int u = 0; u < VW; ++u)
+                        memcpy(&r[u], w + (j0 + u) * ldw + k, sizeof(VEC));
+                    NAME(transpose)(r);
+#pragma GCC unroll 16
+                    for (int u = 0; u < VW; ++u)
+                        memcpy(dst + (k + u) * PW, &r[u], sizeof(VEC));
+                }
+            for (; k < K; ++k)
                 for (ptrdiff_t u = 0; u < jn; ++u)
                     dst[k * PW + u] = w[(j0 + u) * ldw + k];
         }
     } else {
         for (ptrdiff_t k = 0; k < K; ++k)
-            for (ptrdiff_t j = 0; j < N; ++j)
-                packed[j / PW * K * PW + k * PW + j % PW] = w[k * ldw + j];
+            for (ptrdiff_t j0 = 0; j0 < N; j0 += PW)
+                memcpy(packed + j0 * K + k * PW, w + k * ldw + j0,
+                       (size_t)(N - j0 < PW ? N - j0 : PW) * sizeof(T));
     }
     for (ptrdiff_t j = N; j < Npad; ++j) /* zero columns of the last panel */
         for (ptrdiff_t k = 0; k < K; ++k)
