@@ -125,13 +125,13 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_small_gemm_blocks_f32(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const float *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const float *packed,
-                                       Py_ssize_t panel_stride, int beta, float *c,
-                                       Py_ssize_t c_block, Py_ssize_t ldc)
+                                       Py_ssize_t panel_stride, int beta, const float *bias,
+                                       float *c, Py_ssize_t c_block, Py_ssize_t ldc)
     void fastrnn_small_gemm_blocks_f64(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const double *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const double *packed,
-                                       Py_ssize_t panel_stride, int beta, double *c,
-                                       Py_ssize_t c_block, Py_ssize_t ldc)
+                                       Py_ssize_t panel_stride, int beta, const double *bias,
+                                       double *c, Py_ssize_t c_block, Py_ssize_t ldc)
     void fastrnn_gemm_tn_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
                              Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
                              Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, float *buf)
@@ -381,6 +381,7 @@ cdef struct Seq:
     Py_ssize_t n_in         # I (the name I is taken by complex.h)
     const void *ipk         # W_ih^T packed, or NULL when BLAS did the input projection
     const void *bias        # (G*H,) the biases folded into the input projection
+    Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk); S when BLAS did all
     void *hs
     void *cs
     void *acts
@@ -405,6 +406,40 @@ cdef inline void zero_saved_rows(const Seq *q, floating *hs, Py_ssize_t s, Py_ss
         memset(<floating *> q.hraw + (s * B + first) * H, 0, rows * H * sizeof(floating))
 
 
+# Elements of the input projection computed ahead of the time loop at a time (2 MB in
+# float32), into a ring that holds that many steps. Projecting a whole sequence first wrote
+# and read back its output through memory: the own kernel ran (6400 x 256) x (256 x 1024),
+# the projection of (T, B, I) = (100, 64, 256) for 1024 gate columns, at 68 GFLOP/s, and
+# (384 x 256) x (256 x 1024) at 106 (one core, alone).
+DEF PROJECTION_CHUNK = 1 << 19
+
+
+def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
+    """Steps of forward()'s `xproj` ring: all S when a batch this large takes BLAS (one
+    product over the whole sequence), else as many as PROJECTION_CHUNK elements hold."""
+    if batch > SMALL_BATCH:
+        return S
+    return min(S, max(1, PROJECTION_CHUNK // max(1, batch * GH)))
+
+
+cdef inline void project_steps(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1,
+                               Py_ssize_t s0, Py_ssize_t steps) noexcept nogil:
+    """xproj of rows r0..r1-1 at steps s0..s0+steps-1 (s0 a multiple of q.chunk: ring
+    slots 0..steps-1) := x W_ih^T + folded biases, by the own kernel in one pass (each
+    panel of W_ih^T stays in cache while the rows pass)."""
+    cdef Py_ssize_t B = q.B, GH = q.GH, I = q.n_in, rows = r1 - r0
+    if floating is float:
+        fastrnn_small_gemm_blocks_f32(steps, rows, GH, I,
+                                      <const float *> q.xc + (s0 * B + r0) * I, B * I, I,
+                                      <const float *> q.ipk, I * panel(<floating> 0), False,
+                                      <const float *> q.bias, xproj + r0 * GH, B * GH, GH)
+    else:
+        fastrnn_small_gemm_blocks_f64(steps, rows, GH, I,
+                                      <const double *> q.xc + (s0 * B + r0) * I, B * I, I,
+                                      <const double *> q.ipk, I * panel(<floating> 0), False,
+                                      <const double *> q.bias, xproj + r0 * GH, B * GH, GH)
+
+
 cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     """Steps 0..S-1 of compact rows r0..r1-1: recurrent product and gate math per step."""
     cdef int cell = q.cell
@@ -427,28 +462,19 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef floating *act
     cdef floating *hcell
     cdef Py_ssize_t s, rows = r1 - r0, n = r1 - r0, steps = 0
-    if q.ipk != NULL:
-        # (1) this range's input projection for every step: one pass of the own kernel,
-        # each panel of W_ih^T staying in cache while all the range's rows pass over it
-        for s in range(q.S):
-            fill_rows(rows, GH, <const floating *> q.bias, xproj + (s * B + r0) * GH)
-        if floating is float:
-            fastrnn_small_gemm_blocks_f32(q.S, rows, GH, q.n_in, <const float *> q.xc + r0 * q.n_in,
-                                          B * q.n_in, q.n_in, <const float *> q.ipk,
-                                          q.n_in * panel(<floating> 0), True, xproj + r0 * GH,
-                                          B * GH, GH)
-        else:
-            fastrnn_small_gemm_blocks_f64(q.S, rows, GH, q.n_in, <const double *> q.xc + r0 * q.n_in,
-                                          B * q.n_in, q.n_in, <const double *> q.ipk,
-                                          q.n_in * panel(<floating> 0), True, xproj + r0 * GH,
-                                          B * GH, GH)
+    # the input projection runs a chunk of steps ahead of the loop, so that the chunk is
+    # still in cache when its steps read it (the whole sequence's projection at (T, B, H) =
+    # (100, 64, 1024 gate columns) is 26 MB: written, then read back from memory)
+    cdef Py_ssize_t chunk = q.chunk
     for s in range(q.S):
+        if q.ipk != NULL and s % chunk == 0:
+            project_steps(q, xproj, r0, r1, s, min(chunk, q.S - s))
         # rows of this range still running at step s (a prefix: rows are longest first)
         while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
             n -= 1
         if n == 0:
             break
-        pre = xproj + (s * B + r0) * GH
+        pre = xproj + ((s % chunk) * B + r0) * GH
         hp = hs + ((s % NH) * B + r0) * P
         hn = hs + (((s + 1) % NH) * B + r0) * P
         if training:
@@ -613,13 +639,13 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
         if floating is float:
             fastrnn_small_gemm_blocks_f32(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
                                           <const float *> q.ipk, GH * panel(<floating> 0),
-                                          False, <float *> q.xc + r0 * q.n_in, B * q.n_in,
-                                          q.n_in)
+                                          False, NULL, <float *> q.xc + r0 * q.n_in,
+                                          B * q.n_in, q.n_in)
         else:
             fastrnn_small_gemm_blocks_f64(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
                                           <const double *> q.ipk, GH * panel(<floating> 0),
-                                          False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
-                                          q.n_in)
+                                          False, NULL, <double *> q.xc + r0 * q.n_in,
+                                          B * q.n_in, q.n_in)
 
 
 # ---------------------------------------------------------------------------------------
@@ -700,16 +726,18 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     cdef floating *hn
     cdef floating *act
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
-    if j1 > j0:
-        # (1) this thread's columns of the input projection, every step
-        for s in range(S):
-            for g in range(G):
-                memcpy(xproj + s * GH + g * H + j0, bias + g * H + j0,
-                       (j1 - j0) * sizeof(floating))
-        gate_cols(G, H, j0, j1, S, I, <const floating *> q.xc, I, <const floating *> q.ipk,
-                  I * panel(<floating> 0), xproj, GH)
+    cdef Py_ssize_t chunk = q.chunk, s0, steps_in
     for s in range(min(S, length)):
-        pre = xproj + s * GH
+        if s % chunk == 0 and j1 > j0:
+            # (1) this thread's columns of the input projection, a chunk of steps ahead
+            steps_in = min(chunk, S - s)
+            for s0 in range(steps_in):
+                for g in range(G):
+                    memcpy(xproj + s0 * GH + g * H + j0, bias + g * H + j0,
+                           (j1 - j0) * sizeof(floating))
+            gate_cols(G, H, j0, j1, steps_in, I, <const floating *> q.xc + s * I, I,
+                      <const floating *> q.ipk, I * panel(<floating> 0), xproj, GH)
+        pre = xproj + (s % chunk) * GH
         hp = hs + (s % NH) * H
         hn = hs + ((s + 1) % NH) * H
         act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
@@ -1075,7 +1103,7 @@ def forward(int cell,
     cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
     cdef int nt = <int> (bounds.shape[0] - 1)
     # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
-    if (xproj.size < S * B * GH or yc.size < S * B * P or hs.size != hs.shape[0] * B * P or
+    if (xproj.size < (S if ipk == NULL else projection_steps(B, S, GH)) * B * GH or yc.size < S * B * P or hs.size != hs.shape[0] * B * P or
             hs.shape[0] != (S + 1 if training else 2) or work.size < B * 3 * H or
             b_ih.shape[0] != GH or
             lengths.shape[0] != B or order.shape[0] != B or bounds.shape[0] < 2 or
@@ -1091,6 +1119,7 @@ def forward(int cell,
     q.hs, q.cs, q.acts, q.hraw, q.work, q.yc = hs_, cs_, acts_, hraw_, work_, yc_
     q.dgh = q.dhs = NULL
     q.xc, q.n_in, q.ipk, q.bias = xc_, I, ipk, bias
+    q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
@@ -1232,6 +1261,7 @@ def backward(int cell,
     q.pk, q.pk_n = pk, NULL
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
     q.xc, q.n_in, q.ipk, q.bias = dxc_, I, ipk, NULL  # xc: dX out, by row range
+    q.chunk = 0  # no input projection here
     q.hs, q.cs, q.acts, q.hraw = <void *> hs_, <void *> cs_, <void *> acts_, <void *> hraw_
     q.work, q.yc, q.dgh, q.dhs = work_, <void *> dyc_, dgh_, dhs_
     wg.cell, wg.proj, wg.SB, wg.H, wg.P, wg.GH, wg.n_in = cell, proj, SB, H, P, GH, I

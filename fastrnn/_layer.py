@@ -159,7 +159,7 @@ def forward(
         c_n = c0 = buffer("no_c", (0, H))
     elif c_n is None:
         c_n = buffer("c_n", (B, H))
-    xproj = buffer("xproj", (S * B, G * H))
+    xproj = buffer("xproj", (_kernels.projection_steps(B, S, G * H) * B, G * H))
     n_states = S + 1 if training else 2
     hs = buffer("hs", (n_states, B, P))
     cs = buffer("cs", (n_states, B, H) if is_lstm else (0, 0, H))
