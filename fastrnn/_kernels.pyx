@@ -936,10 +936,26 @@ cdef struct WGrad:
 cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *a,
                           Py_ssize_t lda, const floating *b, Py_ssize_t ldb, floating *c,
                           Py_ssize_t ldc, int t, int nt, floating *buf) noexcept nogil:
-    """Thread t's share of C (M, N) = A^T B: a contiguous range of C's column panels."""
+    """Thread t's share of C (M, N) = A^T B: a range of C's rows when it has at least as
+    many rows as columns, else of its column panels. Each thread packs its own part of A^T
+    and all of B's columns it needs, so the split that duplicates less packing wins: by
+    columns, every thread packed all of A^T (LSTM (100, 64, 256, 256) training, dW_ih =
+    dG^T X of (1024 x 6400) x (6400 x 256): backward ran 1.47x faster on 2 threads)."""
     cdef Py_ssize_t pw = panel(<floating> 0)
     cdef Py_ssize_t panels = (N + pw - 1) // pw
     cdef Py_ssize_t p0 = panels * t // nt, p1 = panels * (t + 1) // nt
+    cdef Py_ssize_t m0, m1
+    if M >= N:
+        m0, m1 = M * t // nt, M * (t + 1) // nt
+        if m1 <= m0:
+            return
+        if floating is float:
+            fastrnn_gemm_tn_f32(m1 - m0, N, K, a + m0, lda, b, ldb, c + m0 * ldc, ldc, 0, N,
+                                buf)
+        else:
+            fastrnn_gemm_tn_f64(m1 - m0, N, K, a + m0, lda, b, ldb, c + m0 * ldc, ldc, 0, N,
+                                buf)
+        return
     if p1 <= p0:
         return
     if floating is float:
