@@ -42,13 +42,12 @@
                                      ptrdiff_t K, const T *a, const T *packed,                \
                                      ptrdiff_t panel_stride, int beta, T *c);                 \
     /* the same over `blocks` blocks of `rows` rows: row i of block s of A is at              \
-       a + s * a_block + i * lda (likewise C), e.g. a row range of every time step; with     \
-       beta 0 and a bias (N,), C := A @ packed + bias (one pass over C, not two) */           \
+       a + s * a_block + i * lda (likewise C), e.g. a row range of every time step */        \
     void fastrnn_small_gemm_blocks_##SFX(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N,        \
                                          ptrdiff_t K, const T *a, ptrdiff_t a_block,          \
                                          ptrdiff_t lda, const T *packed,                      \
-                                         ptrdiff_t panel_stride, int beta, const T *bias,     \
-                                         T *c, ptrdiff_t c_block, ptrdiff_t ldc);             \
+                                         ptrdiff_t panel_stride, int beta, T *c,               \
+                                         ptrdiff_t c_block, ptrdiff_t ldc);                   \
     /* C[:, col0:col1] := A^T B[:, col0:col1]: A (K, M) and B (K, N) row-major with strides   \
        lda, ldb, C (M, N); col0 a multiple of the panel width; buf holds                      \
        fastrnn_gemm_tn_buffer(M) elements (this call's own). The sum over K runs in a fixed order, so a split of the    \

@@ -106,8 +106,7 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
    exist. B is a packed panel, row stride PW. */
 static inline __attribute__((always_inline)) void NAME(tile)(
     const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
-    const T *restrict b, int beta, const T *bias, T *const *c, ptrdiff_t col0,
-    ptrdiff_t width)
+    const T *restrict b, int beta, T *const *c, ptrdiff_t col0, ptrdiff_t width)
 {
     VEC acc[6][4];
     for (int r = 0; r < R; ++r)
@@ -131,17 +130,13 @@ static inline __attribute__((always_inline)) void NAME(tile)(
                 VEC old = (VEC){0};
                 if (beta)
                     memcpy(&old, crow + col, sizeof(VEC));
-                else if (bias)
-                    memcpy(&old, bias + col, sizeof(VEC));
                 VEC sum = acc[r][v] + old;
                 memcpy(crow + col, &sum, sizeof(VEC));
             } else { /* the last, partial vector of a row */
                 T lanes[VW];
                 memcpy(lanes, &acc[r][v], sizeof(VEC));
                 for (ptrdiff_t u = 0; col + u < width; ++u)
-                    crow[col + u] = lanes[u] + (beta   ? crow[col + u]
-                                                : bias ? bias[col + u]
-                                                       : (T)0);
+                    crow[col + u] = lanes[u] + (beta ? crow[col + u] : (T)0);
             }
         }
     }
@@ -149,10 +144,10 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, tbias, crow, col0, width); break;      \
-    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, tbias, crow, col0, width); break;      \
-    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, tbias, crow, col0, width); break;      \
-    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, tbias, crow, col0, width); break;     \
+    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, crow, col0, width); break;             \
+    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, crow, col0, width); break;            \
     }
 
 #define KS 1 /* A read along its rows */
@@ -165,8 +160,8 @@ static inline __attribute__((always_inline)) void NAME(tile)(
    the row, which the packed buffer's slack keeps inside it; they are never stored). */
 static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K, const T *a,
-    ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta,
-    const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc)
+    ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+    ptrdiff_t c_block, ptrdiff_t ldc)
 {
     const ptrdiff_t n = blocks * rows;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
@@ -178,7 +173,6 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
         ptrdiff_t width = end - col0;
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride + col0 % PW;
-        const T *tbias = bias ? bias + col0 : NULL;
         ptrdiff_t rend = rb + MB < n ? rb + MB : n;
         for (ptrdiff_t r0 = rb; r0 < rend; r0 += 6) { /* 6 x 4 vectors: 24 accumulators */
             const T *arow[6];
@@ -206,7 +200,7 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                               ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0, ldc);
+    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
 }
 
 FASTRNN_CLONES
@@ -214,8 +208,7 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
                                    const T *a, ptrdiff_t lda, const T *packed,
                                    ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0,
-                      ldc);
+    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
 }
 
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
@@ -297,11 +290,11 @@ void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
                                      const T *a, ptrdiff_t a_block, ptrdiff_t lda,
-                                     const T *packed, ptrdiff_t panel_stride, int beta,
-                                     const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc)
+                                     const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+                                     ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, bias,
-                      c, c_block, ldc);
+    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, c,
+                      c_block, ldc);
 }
 
 #undef MB
@@ -337,7 +330,6 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
             ptrdiff_t width = col1 - p0 < PW ? col1 - p0 : PW;
             int cv = (int)((width + VW - 1) / VW);
             ptrdiff_t col0 = p0; /* the tile's column offset in C */
-            const T *tbias = NULL;
             const T *panel = bpack;
             for (ptrdiff_t k = 0; k < kn; ++k) { /* pack B[k0 + k, p0 : p0 + width] */
                 const T *src = b + (k0 + k) * ldb + p0;

@@ -8,6 +8,7 @@ calls ``_kernels``; it does no arithmetic of its own.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +98,7 @@ def _release(*arrays: np.ndarray) -> None:
         kept = _spare.setdefault(key, [])
         if len(kept) < 2:
             kept.append(a)
-    total = sum(a.nbytes for kept in _spare.values() for a in kept)
+    total = sum(a.nbytes for kept in list(_spare.values()) for a in list(kept))
     for key in list(_spare):  # oldest shapes first
         if total <= _SPARE_BYTES:
             break
@@ -113,7 +114,7 @@ class _Buffers:
     def __call__(self, key: str, shape: tuple, dtype=None) -> np.ndarray:
         dtype = self.dtype if dtype is None else dtype
         if self.ws is None:
-            return np.empty(shape, dtype)
+            return _scratch(shape, dtype)
         arr = self.ws.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = self.ws[key] = np.empty(shape, dtype)
@@ -196,8 +197,7 @@ def forward(
         c_n = c0 = buffer("no_c", (0, H))
     elif c_n is None:
         c_n = buffer("c_n", (B, H))
-    xproj_shape = (_kernels.projection_steps(B, S, G * H) * B, G * H)
-    xproj = buffer("xproj", xproj_shape) if ws is not None else _scratch(xproj_shape, dtype)
+    xproj = buffer("xproj", (_kernels.projection_steps(B, S, G * H) * B, G * H))
     n_states = S + 1 if training else 2
     hs = buffer("hs", (n_states, B, P))
     cs = buffer("cs", (n_states, B, H) if is_lstm else (0, 0, H))
@@ -229,19 +229,23 @@ def forward(
         work, wpack, ipack,
     )  # fmt: skip
 
-    if ws is None:
-        _release(xproj)
+    if buffer.ws is None:  # internal arrays no result refers to; a tape keeps its own
+        _release(xproj, work, *(() if training else (hs, cs, acts)))
     if identity:
         y = yc
     else:
         y = buffer("y", (T, B, P))
         _kernel("scatter_steps", dtype)(yc, lens, order, reverse, y)
+        if buffer.ws is None:
+            _release(yc)
     tape = None
     if training:
         tape = Tape(
             cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
             reverse, identity, T,
         )  # fmt: skip
+        # when the tape dies (its backward closure dropped), its arrays become spares
+        weakref.finalize(tape, _release, hs, cs, acts, hraw)
     return y, h_n, (c_n if is_lstm else None), tape
 
 

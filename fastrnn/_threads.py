@@ -1,9 +1,10 @@
-"""How many threads fastrnn's time loops use, and how a batch is split among them.
+"""How many threads fastrnn's time loops use, and how a call's work is split among them.
 
 The rows of a batch never interact, so each thread runs the whole time loop of a contiguous
-range of rows, with no barrier between steps; ranges are balanced by their real tokens.
-Results are bit-identical for any thread count. BLAS (the whole-sequence products) keeps its
-own thread setting: control it with threadpoolctl.
+range of rows, with no barrier between steps; ranges are balanced by their real tokens. A
+batch of one row instead shares each step by hidden units, with a barrier once a step
+(`unit_threads`). Results are bit-identical for any thread count. BLAS (the whole-sequence
+products at batch > 128) keeps its own thread setting: control it with threadpoolctl.
 """
 
 from __future__ import annotations
