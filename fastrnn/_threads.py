@@ -41,10 +41,14 @@ def get_num_threads() -> int:
 
 
 # A batch-1 step shared by hidden units meets at a barrier once a step (~0.15-0.2 us between
-# the 2 cores here, plus moving the new state across). Measured per step, 1 -> 2 threads:
-# RNN H=64 (4K multiply-adds) 0.30 -> 0.38 us, GRU H=64 (12K) 0.89 -> 0.94, RNN H=128 (16K)
-# 1.01 -> 0.68, LSTM H=64 (16K) 1.34 -> 0.97, LSTM H=256 (256K) 19.2 -> 10.8.
-_MIN_UNIT_STEP_WORK = 16_384
+# the 2 cores here, plus moving the new state across). Measured per step, 1 -> 2 threads,
+# alone on the machine: RNN H=64 (4K multiply-adds) 0.30 -> 0.38 us, GRU H=64 (12K)
+# 0.89 -> 0.94, RNN H=128 (16K) 1.01 -> 0.68, LSTM H=64 (16K) 1.34 -> 0.97, LSTM H=128 (64K)
+# 4.6 -> 2.4, LSTM H=256 (256K) 19.2 -> 10.8. A spinning barrier is at the mercy of whatever
+# else runs on the other core, though: in bench/compare.py's process (torch and ONNX Runtime
+# loaded, their pools idle) LSTM (100, 1, 64, 64) took 0.29 ms on 2 threads, 0.13 on one.
+# So only steps long enough to absorb a late partner are shared.
+_MIN_UNIT_STEP_WORK = 65_536
 
 _one_range: dict[int, np.ndarray] = {}
 

@@ -328,17 +328,17 @@ def test_batch_one_split_by_units_does_not_change_results(
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_batch_one_split_at_natural_size(cell):
-    """(T, B, I, H) = (50, 1, 16, 128) shares its steps by units at the default cut-offs; a
+    """(T, B, I, H) = (50, 1, 16, 256) shares its steps by units at the default cut-offs; a
     stream stepping one step at a time (no split) gives the same numbers bit for bit."""
     saved = fastrnn.get_num_threads()
     rng = np.random.default_rng(42)
-    model = make_model(cell, 16, 128, dtype=np.float32, seed=42)
+    model = make_model(cell, 16, 256, dtype=np.float32, seed=42)
     x = normal(rng, (50, 1, 16), np.float32)
-    dy = normal(rng, (50, 1, 128), np.float32)
+    dy = normal(rng, (50, 1, 256), np.float32)
     try:
         fastrnn.set_num_threads(2)
         G = {"rnn_tanh": 1, "lstm": 4, "gru": 3}[cell]
-        assert fastrnn._threads.unit_threads(1, 50, G * 128 * 128) == 2
+        assert fastrnn._threads.unit_threads(1, 50, G * 256 * 256) == 2
         y2, _, backward = model.forward_train(x)
         g2 = backward(dy)
         fastrnn.set_num_threads(1)
