@@ -11,8 +11,9 @@ Three tiers, each trusting the one above it:
 2. This module (Cython): the time loops. It receives C-contiguous NumPy arrays of one float
    type, every output and workspace already allocated, re-checks only their rank, type and
    derived sizes, and runs the whole loop with the GIL released, row ranges of the batch on
-   the pool's threads. Products go through the own kernels at batch <= SMALL_BATCH, else
-   through BLAS (``scipy.linalg.cython_blas``).
+   the pool's threads (at batch 1: ranges of hidden units, meeting once a step). Products go
+   through the own kernels at batch <= SMALL_BATCH, else through BLAS
+   (``scipy.linalg.cython_blas``).
 3. ``fastrnn/_layer.py`` and the models (Python): validate user input, convert, allocate,
    and compose layers and directions.
 
