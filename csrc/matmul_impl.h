@@ -61,6 +61,28 @@ static inline __attribute__((always_inline)) void NAME(transpose)(VEC *r)
 }
 #undef TSTAGES
 
+/* dst[k * ldd + u] := w[u * ldw + k] for rows u < jn (<= VW) of W and k < K: a block of
+   rows of W transposed, each k one contiguous run of jn elements. */
+static inline __attribute__((always_inline)) void NAME(pack_rows_t)(
+    ptrdiff_t K, ptrdiff_t jn, const T *w, ptrdiff_t ldw, T *dst, ptrdiff_t ldd)
+{
+    ptrdiff_t k = 0;
+    if (jn == VW) /* VW x VW blocks: load rows, transpose in registers, store */
+        for (; k + VW <= K; k += VW) {
+            VEC r[VW];
+#pragma GCC unroll 16
+            for (int u = 0; u < VW; ++u)
+                memcpy(&r[u], w + u * ldw + k, sizeof(VEC));
+            NAME(transpose)(r);
+#pragma GCC unroll 16
+            for (int u = 0; u < VW; ++u)
+                memcpy(dst + (k + u) * ldd, &r[u], sizeof(VEC));
+        }
+    for (; k < K; ++k)
+        for (ptrdiff_t u = 0; u < jn; ++u)
+            dst[k * ldd + u] = w[u * ldw + k];
+}
+
 FASTRNN_CLONES
 void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
                         T *packed)
@@ -68,25 +90,9 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
     const ptrdiff_t Npad = (N + PW - 1) / PW * PW;
     /* packed[j / PW][k][j % PW] = op(W)[k][j] */
     if (trans) { /* blocks of VW rows of W: each k writes one contiguous vector */
-        for (ptrdiff_t j0 = 0; j0 < N; j0 += VW) {
-            ptrdiff_t jn = N - j0 < VW ? N - j0 : VW;
-            T *dst = packed + j0 / PW * K * PW + j0 % PW;
-            ptrdiff_t k = 0;
-            if (jn == VW) /* VW x VW blocks: load rows, transpose in registers, store */
-                for (; k + VW <= K; k += VW) {
-                    VEC r[VW];
-#pragma GCC unroll 16
-                    for (int u = 0; u < VW; ++u)
-                        memcpy(&r[u], w + (j0 + u) * ldw + k, sizeof(VEC));
-                    NAME(transpose)(r);
-#pragma GCC unroll 16
-                    for (int u = 0; u < VW; ++u)
-                        memcpy(dst + (k + u) * PW, &r[u], sizeof(VEC));
-                }
-            for (; k < K; ++k)
-                for (ptrdiff_t u = 0; u < jn; ++u)
-                    dst[k * PW + u] = w[(j0 + u) * ldw + k];
-        }
+        for (ptrdiff_t j0 = 0; j0 < N; j0 += VW)
+            NAME(pack_rows_t)(K, N - j0 < VW ? N - j0 : VW, w + j0 * ldw, ldw,
+                              packed + j0 / PW * K * PW + j0 % PW, PW);
     } else {
         for (ptrdiff_t k = 0; k < K; ++k)
             for (ptrdiff_t j0 = 0; j0 < N; j0 += PW)
@@ -98,6 +104,23 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
             packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
     for (ptrdiff_t u = 0; u < VW; ++u) /* and the slack after it */
         packed[Npad * K + u] = (T)0;
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_pack_gates)(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K, const T *w,
+                              ptrdiff_t ldw, T *packed)
+{
+    /* packed[q][k][g][l] = W[g * H + q * VW + l][k], zero past H */
+    const ptrdiff_t GV = G * VW;
+    for (ptrdiff_t q = 0; q * VW < H; ++q) {
+        ptrdiff_t jn = H - q * VW < VW ? H - q * VW : VW;
+        T *panel = packed + q * K * GV;
+        for (ptrdiff_t g = 0; g < G; ++g) {
+            NAME(pack_rows_t)(K, jn, w + (g * H + q * VW) * ldw, ldw, panel + g * VW, GV);
+            for (ptrdiff_t k = 0; jn < VW && k < K; ++k)
+                memset(panel + k * GV + g * VW + jn, 0, (size_t)(VW - jn) * sizeof(T));
+        }
+    }
 }
 
 /* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so

@@ -90,6 +90,22 @@ cdef extern from "fastrnn_cells.h" nogil:
     void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
     void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
 
+cdef extern from "fastrnn_step.h" nogil:
+    void fastrnn_lstm_step_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                               Py_ssize_t K, const float *h_prev, const float *packed,
+                               const float *pre, const float *c_prev, float *act, float *c,
+                               float *h)
+    void fastrnn_lstm_step_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                               Py_ssize_t K, const double *h_prev, const double *packed,
+                               const double *pre, const double *c_prev, double *act,
+                               double *c, double *h)
+    void fastrnn_gru_step_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                              const float *h_prev, const float *packed, const float *b_hh,
+                              const float *pre, float *act, float *h)
+    void fastrnn_gru_step_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                              const double *h_prev, const double *packed, const double *b_hh,
+                              const double *pre, double *act, double *h)
+
 cdef extern from "fastrnn_threads.h" nogil:
     ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
     void fastrnn_parallel(int nt, fastrnn_task task, void *ctx)
@@ -104,6 +120,12 @@ cdef extern from "fastrnn_matmul.h" nogil:
                           float *packed)
     void fastrnn_pack_f64(Py_ssize_t K, Py_ssize_t N, int trans, const double *w,
                           Py_ssize_t ldw, double *packed)
+    void fastrnn_pack_gates_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const float *w,
+                                Py_ssize_t ldw, float *packed)
+    void fastrnn_pack_gates_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const double *w,
+                                Py_ssize_t ldw, double *packed)
+    Py_ssize_t fastrnn_gates_packed_size_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
+    Py_ssize_t fastrnn_gates_packed_size_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
                                 Py_ssize_t lda, const float *packed, Py_ssize_t panel_stride,
                                 int beta, float *c, Py_ssize_t ldc)
@@ -215,11 +237,22 @@ cdef inline Py_ssize_t panel(floating dummy) noexcept nogil:
     return FASTRNN_PANEL_F32 if floating is float else FASTRNN_PANEL_F64
 
 
+cdef inline bint fused_step(int cell) noexcept nogil:
+    """Whether the small-batch path runs the cell's steps fused (fastrnn_step.h), with W_hh
+    packed by gates."""
+    return cell == LSTM or cell == GRU
+
+
 def forward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
-    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (GRU_B packs
-    its r,z and n blocks apart), or 0 when a batch this large takes BLAS."""
+    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (by gates
+    for the fused steps; GRU_B packs its r,z and n blocks apart), or 0 when a batch this
+    large takes BLAS."""
     if batch > SMALL_BATCH:
         return 0
+    if fused_step(cell):
+        if double:
+            return fastrnn_gates_packed_size_f64(num_gates(cell), H, P)
+        return fastrnn_gates_packed_size_f32(num_gates(cell), H, P)
     if cell == GRU_B:
         return packed_size(H, 2 * H, double) + packed_size(H, H, double)
     return packed_size(P, num_gates(cell) * H, double)
@@ -500,24 +533,35 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         elif cell == LSTM:
             cp = cs + ((s % NH) * B + r0) * H
             cn = cs + (((s + 1) % NH) * B + r0) * H
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH)
             if not q.proj:
                 hcell = hn
             elif training:
                 hcell = <floating *> q.hraw + (s * B + r0) * H
             else:
                 hcell = work
-            if floating is float:
-                fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
+            if pk != NULL:  # product and gate math in one pass
+                if floating is float:
+                    fastrnn_lstm_step_f32(n, H, 0, H, P, hp, pk, pre, cp, act, cn, hcell)
+                else:
+                    fastrnn_lstm_step_f64(n, H, 0, H, P, hp, pk, pre, cp, act, cn, hcell)
             else:
-                fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
+                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True,
+                                 NULL, ps, True, pre, <int> GH)
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
+        elif cell == GRU and pk != NULL:  # product and gate math in one pass
+            if floating is float:
+                fastrnn_gru_step_f32(n, H, 0, H, hp, pk, b_hh, pre, act, hn)
+            else:
+                fastrnn_gru_step_f64(n, H, 0, H, hp, pk, b_hh, pre, act, hn)
         elif cell == GRU:
             fill_rows(n, GH, b_hh, work)
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, NULL,
                              ps, True, work, <int> GH)
             if floating is float:
                 fastrnn_gru_gates_fwd_f32(n, H, 0, H, pre, work, hp, act, hn)
@@ -749,25 +793,21 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
         act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
         if j1 > j0:
             # (2) this thread's units: their columns of the recurrent product, gate math
-            if cell == GRU:
-                for g in range(G):
-                    memcpy(work + g * H + j0, b_hh + g * H + j0, (j1 - j0) * sizeof(floating))
-                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, work, GH)
-            else:
-                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, pre, GH)
+            # (LSTM and GRU in one pass over their panels of W_hh, fastrnn_step.h)
             if cell == LSTM:
                 if floating is float:
-                    fastrnn_lstm_gates_fwd_f32(1, H, j0, j1, pre, cs + (s % NH) * H, act,
-                                               cs + ((s + 1) % NH) * H, hn)
+                    fastrnn_lstm_step_f32(1, H, j0, j1, H, hp, pk, pre, cs + (s % NH) * H,
+                                          act, cs + ((s + 1) % NH) * H, hn)
                 else:
-                    fastrnn_lstm_gates_fwd_f64(1, H, j0, j1, pre, cs + (s % NH) * H, act,
-                                               cs + ((s + 1) % NH) * H, hn)
+                    fastrnn_lstm_step_f64(1, H, j0, j1, H, hp, pk, pre, cs + (s % NH) * H,
+                                          act, cs + ((s + 1) % NH) * H, hn)
             elif cell == GRU:
                 if floating is float:
-                    fastrnn_gru_gates_fwd_f32(1, H, j0, j1, pre, work, hp, act, hn)
+                    fastrnn_gru_step_f32(1, H, j0, j1, hp, pk, b_hh, pre, act, hn)
                 else:
-                    fastrnn_gru_gates_fwd_f64(1, H, j0, j1, pre, work, hp, act, hn)
+                    fastrnn_gru_step_f64(1, H, j0, j1, hp, pk, b_hh, pre, act, hn)
             else:
+                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, pre, GH)
                 if floating is float:
                     fastrnn_rnn_gates_fwd_f32(1, H, j0, j1, relu, pre, hn)
                 else:
@@ -1153,6 +1193,11 @@ def forward(int cell,
             if not packed:
                 pack(H, 2 * H, True, w_hh_, H, pk)
                 pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
+        elif pk != NULL and not packed and fused_step(cell):
+            if floating is float:
+                fastrnn_pack_gates_f32(G, H, P, w_hh_, P, pk)
+            else:
+                fastrnn_pack_gates_f64(G, H, P, w_hh_, P, pk)
         elif pk != NULL and not packed:
             pack(P, GH, True, w_hh_, P, pk)
         q.pk, q.pk_n = pk, pk_n
