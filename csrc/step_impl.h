@@ -105,12 +105,12 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     T *restrict act, T *restrict c, T *restrict h)
 {
     const int G = IS_LSTM(cell) ? 4 : 3;
-    VEC acc[6][8];
+    VEC acc[6][16];
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < Q * G; ++v)
             acc[r][v] = (VEC){0};
     for (ptrdiff_t k = 0; k < K; ++k) {
-        VEC w[8];
+        VEC w[16];
         for (int p = 0; p < Q; ++p)
             for (int g = 0; g < G; ++g)
                 memcpy(&w[p * G + g], panel + p * ps + k * G * VW + g * VW, sizeof(VEC));
@@ -147,6 +147,11 @@ static inline __attribute__((always_inline)) void NAME(step)(
     for (ptrdiff_t u = j0; u < j1;) {
         const T *panel = packed + u / VW * ps;
         ptrdiff_t r0 = 0;
+        if (n == 1 && u + 3 * VW < j1) {
+            STEP_TILE(1, 4);
+            u += 4 * VW;
+            continue;
+        }
         if (n == 1 && u + VW < j1) {
             STEP_TILE(1, 2);
             u += 2 * VW;
