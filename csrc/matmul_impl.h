@@ -84,21 +84,25 @@ static inline __attribute__((always_inline)) void NAME(pack_rows_t)(
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
-                        T *packed)
+void NAME(fastrnn_pack_cols)(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c1, int trans,
+                             const T *w, ptrdiff_t ldw, T *packed)
 {
     const ptrdiff_t Npad = (N + PW - 1) / PW * PW;
-    /* packed[j / PW][k][j % PW] = op(W)[k][j] */
+    /* packed[j / PW][k][j % PW] = op(W)[k][j] for columns j in c0..c1-1 */
     if (trans) { /* blocks of VW rows of W: each k writes one contiguous vector */
-        for (ptrdiff_t j0 = 0; j0 < N; j0 += VW)
-            NAME(pack_rows_t)(K, N - j0 < VW ? N - j0 : VW, w + j0 * ldw, ldw,
+        for (ptrdiff_t j0 = c0; j0 < c1; j0 += VW)
+            NAME(pack_rows_t)(K, c1 - j0 < VW ? c1 - j0 : VW, w + j0 * ldw, ldw,
                               packed + j0 / PW * K * PW + j0 % PW, PW);
     } else {
         for (ptrdiff_t k = 0; k < K; ++k)
-            for (ptrdiff_t j0 = 0; j0 < N; j0 += PW)
-                memcpy(packed + j0 * K + k * PW, w + k * ldw + j0,
-                       (size_t)(N - j0 < PW ? N - j0 : PW) * sizeof(T));
+            for (ptrdiff_t j0 = c0; j0 < c1; j0 = (j0 / PW + 1) * PW) {
+                ptrdiff_t end = (j0 / PW + 1) * PW < c1 ? (j0 / PW + 1) * PW : c1;
+                memcpy(packed + j0 / PW * K * PW + k * PW + j0 % PW, w + k * ldw + j0,
+                       (size_t)(end - j0) * sizeof(T));
+            }
     }
+    if (c1 < N)
+        return;
     for (ptrdiff_t j = N; j < Npad; ++j) /* zero columns of the last panel */
         for (ptrdiff_t k = 0; k < K; ++k)
             packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
@@ -107,12 +111,20 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_pack_gates)(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K, const T *w,
-                              ptrdiff_t ldw, T *packed)
+void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff_t ldw,
+                        T *packed)
 {
-    /* packed[q][k][g][l] = W[g * H + q * VW + l][k], zero past H */
+    NAME(fastrnn_pack_cols)(K, N, 0, N, trans, w, ldw, packed);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_pack_gates)(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K, const T *w,
+                              ptrdiff_t ldw, ptrdiff_t u0, ptrdiff_t u1, T *packed)
+{
+    /* packed[q][k][g][l] = W[g * H + q * VW + l][k], zero past H, for the panels q of
+       units u0..u1-1 */
     const ptrdiff_t GV = G * VW;
-    for (ptrdiff_t q = 0; q * VW < H; ++q) {
+    for (ptrdiff_t q = u0 / VW; q * VW < u1; ++q) {
         ptrdiff_t jn = H - q * VW < VW ? H - q * VW : VW;
         T *panel = packed + q * K * GV;
         for (ptrdiff_t g = 0; g < G; ++g) {

@@ -120,10 +120,14 @@ cdef extern from "fastrnn_matmul.h" nogil:
                           float *packed)
     void fastrnn_pack_f64(Py_ssize_t K, Py_ssize_t N, int trans, const double *w,
                           Py_ssize_t ldw, double *packed)
+    void fastrnn_pack_cols_f32(Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
+                               int trans, const float *w, Py_ssize_t ldw, float *packed)
+    void fastrnn_pack_cols_f64(Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
+                               int trans, const double *w, Py_ssize_t ldw, double *packed)
     void fastrnn_pack_gates_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const float *w,
-                                Py_ssize_t ldw, float *packed)
+                                Py_ssize_t ldw, Py_ssize_t u0, Py_ssize_t u1, float *packed)
     void fastrnn_pack_gates_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const double *w,
-                                Py_ssize_t ldw, double *packed)
+                                Py_ssize_t ldw, Py_ssize_t u0, Py_ssize_t u1, double *packed)
     Py_ssize_t fastrnn_gates_packed_size_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
     Py_ssize_t fastrnn_gates_packed_size_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
@@ -280,6 +284,17 @@ def gemm_buffer_size(Py_ssize_t GH, bint double):
     return fastrnn_gemm_tn_buffer_f64(GH) if double else fastrnn_gemm_tn_buffer_f32(GH)
 
 
+cdef inline void pack_cols(Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1, bint trans,
+                           const floating *w, Py_ssize_t ldw, floating *packed) noexcept nogil:
+    """Columns c0..c1-1 (c0 a multiple of the vector width) of pack()'s result."""
+    if c1 <= c0 and c1 < N:
+        return
+    if floating is float:
+        fastrnn_pack_cols_f32(K, N, c0, c1, trans, w, ldw, packed)
+    else:
+        fastrnn_pack_cols_f64(K, N, c0, c1, trans, w, ldw, packed)
+
+
 cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w, Py_ssize_t ldw,
                       floating *packed) noexcept nogil:
     """packed := w (K, N), or w^T when w is (N, K) (trans), in the kernel's panels."""
@@ -287,6 +302,15 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
         fastrnn_pack_f32(K, N, trans, w, ldw, packed)
     else:
         fastrnn_pack_f64(K, N, trans, w, ldw, packed)
+
+
+cdef inline void pack_gates(int G, Py_ssize_t H, Py_ssize_t K, const floating *w,
+                            Py_ssize_t u0, Py_ssize_t u1, floating *packed) noexcept nogil:
+    """The panels of units u0..u1-1 of W (G*H, K) packed by gates for the fused steps."""
+    if floating is float:
+        fastrnn_pack_gates_f32(G, H, K, w, K, u0, u1, packed)
+    else:
+        fastrnn_pack_gates_f64(G, H, K, w, K, u0, u1, packed)
 
 
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
@@ -414,6 +438,8 @@ cdef struct Seq:
     const void *xc          # forward: (S, B, I) input, when its projection is done per range
     Py_ssize_t n_in         # I (the name I is taken by complex.h)
     const void *ipk         # W_ih^T packed, or NULL when BLAS did the input projection
+    const void *w_ih        # (G*H, I)
+    bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
     const void *bias        # (G*H,) the biases folded into the input projection
     Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk); S when BLAS did all
     void *hs
@@ -776,7 +802,18 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     cdef floating *hn
     cdef floating *act
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
-    cdef Py_ssize_t chunk = q.chunk, s0, steps_in
+    cdef Py_ssize_t chunk = q.chunk, s0, steps_in, vw = panel(<floating> 0) // 4
+    cdef Py_ssize_t blocks = (GH + vw - 1) // vw
+    if q.pack_units:
+        # this thread's panels of W_hh (the only ones its steps read), and a share of
+        # W_ih's column blocks, which every thread's projection may read: hence the barrier
+        if cell == RNN_TANH or cell == RNN_RELU:  # one gate: units are columns of W_hh^T
+            pack_cols(H, GH, j0, j1, True, <const floating *> q.w_hh, H, <floating *> q.pk)
+        else:
+            pack_gates(G, H, H, <const floating *> q.w_hh, j0, j1, <floating *> q.pk)
+        pack_cols(I, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
+                  True, <const floating *> q.w_ih, I, <floating *> q.ipk)
+        fastrnn_barrier_wait(barrier, t, nt)
     for s in range(min(S, length)):
         if s % chunk == 0 and j1 > j0:
             # (1) this thread's columns of the input projection, a chunk of steps ahead
@@ -1180,7 +1217,7 @@ def forward(int cell,
     q.panel_stride = P * panel(<floating> 0)  # W_hh^T has K = P rows
     q.hs, q.cs, q.acts, q.hraw, q.work, q.yc = hs_, cs_, acts_, hraw_, work_, yc_
     q.dgh = q.dhs = NULL
-    q.xc, q.n_in, q.ipk, q.bias = xc_, I, ipk, bias
+    q.xc, q.n_in, q.ipk, q.bias, q.w_ih = xc_, I, ipk, bias, w_ih_
     q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
     with nogil:
         # initial state, permuted to compact row order
@@ -1190,26 +1227,29 @@ def forward(int cell,
                 memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
         if pk != NULL and cell == GRU_B:
             pk_n = pk + packed_size(H, 2 * H, floating is double)
-            if not packed:
+        q.pk, q.pk_n = pk, pk_n
+        # the threads of a batch-1 unit split pack what they read (in parallel, and into
+        # their own core's cache); a caller that keeps workspaces (a stream) may mark
+        # them packed already, so everything is packed even when no step runs (S == 0)
+        q.pack_units = not packed and S > 0 and units_apply(&q, unit_threads)
+        if not packed and not q.pack_units:
+            if pk != NULL and cell == GRU_B:
                 pack(H, 2 * H, True, w_hh_, H, pk)
                 pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-        elif pk != NULL and not packed and fused_step(cell):
-            if floating is float:
-                fastrnn_pack_gates_f32(G, H, P, w_hh_, P, pk)
-            else:
-                fastrnn_pack_gates_f64(G, H, P, w_hh_, P, pk)
-        elif pk != NULL and not packed:
-            pack(P, GH, True, w_hh_, P, pk)
-        q.pk, q.pk_n = pk, pk_n
+            elif pk != NULL and fused_step(cell):
+                pack_gates(G, H, P, w_hh_, 0, H, pk)
+            elif pk != NULL:
+                pack(P, GH, True, w_hh_, P, pk)
+            if ipk != NULL:
+                pack(I, GH, True, w_ih_, I, ipk)
+        if not packed:
+            # biases folded into the input projection where they add (GRU keeps b_hh
+            # apart, since r multiplies its n block (A2))
+            for r in range(GH):
+                bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
         if S > 0:
-            # (1) the input projection of every step, biases folded in where they add
-            # (GRU keeps b_hh apart, since r multiplies its n block (A2)): here by BLAS at
-            # a large batch, else per row range by the own kernel inside run_rows
-            if not packed:
-                for r in range(GH):
-                    bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
-                if ipk != NULL:
-                    pack(I, GH, True, w_ih_, I, ipk)
+            # (1) the input projection of every step: here by BLAS at a large batch, else
+            # per row range by the own kernel inside run_rows
             if ipk == NULL:
                 fill_rows(S * B, GH, bias, xproj_)
                 gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,

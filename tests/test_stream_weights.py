@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from helpers import CELLS, make_model
 
 
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU])
@@ -35,4 +36,19 @@ def test_stream_refresh_after_in_place_update(cls):
     got = stream(x[1:])
     _, h1 = cls(3, 5, dtype=np.float64, seed=1)(x[:1])
     want, _ = model(x[1:], h1)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stream_packs_its_weights_even_when_the_first_chunk_is_empty(cell, batch):
+    """An empty first chunk runs no step; the next call must still see packed weights and
+    folded biases (it once read the never-written pack buffers)."""
+    rng = np.random.default_rng(9)
+    model = make_model(cell, 4, 6, dtype=np.float64, seed=3)
+    x = rng.standard_normal((5, batch, 4))
+    stream = model.stream(batch)
+    assert stream(x[:0]).shape == (0, batch, 6)
+    got = stream(x)
+    want, _ = make_model(cell, 4, 6, dtype=np.float64, seed=3)(x)
     assert np.array_equal(got, want)
