@@ -40,4 +40,9 @@ typedef struct {
 void fastrnn_barrier_init(fastrnn_barrier *b);
 void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt);
 
+/* Self-test of the pool's accounting (tests/test_invariants.py): runs `jobs` small jobs of 2-4
+   shares; scratch holds jobs * fastrnn_pool_selftest_bytes bytes. Returns the anomalies. */
+#define fastrnn_pool_selftest_bytes 16
+int fastrnn_pool_selftest(int jobs, void *scratch);
+
 #endif /* FASTRNN_THREADS_H */

@@ -28,6 +28,7 @@ and are permuted here.
 Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 """
 cimport numpy as cnp
+from libc.stdlib cimport free, malloc
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
@@ -114,6 +115,8 @@ cdef extern from "fastrnn_threads.h" nogil:
         pass
     void fastrnn_barrier_init(fastrnn_barrier *b)
     void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt)
+    int fastrnn_pool_selftest(int jobs, void *scratch)
+    const int fastrnn_pool_selftest_bytes
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -1489,3 +1492,16 @@ def add_into(const floating[::1] a,             # IN  (n,)
         return
     with nogil:
         add_rows(1, out.shape[0], &a[0], &out[0])
+
+
+def pool_selftest(int jobs):
+    """Run `jobs` small jobs of 2, 3 and 4 shares through the thread pool; returns how many
+    shares ran other than exactly once within their job (0 when the pool is sound)."""
+    cdef void *scratch = malloc(max(jobs, 1) * fastrnn_pool_selftest_bytes)
+    cdef int bad
+    if scratch == NULL:
+        raise MemoryError()
+    with nogil:
+        bad = fastrnn_pool_selftest(jobs, scratch)
+    free(scratch)
+    return bad
