@@ -6,7 +6,8 @@ Three tiers, each trusting the one above it:
 
 1. ``csrc/`` (plain C): the pointwise gate math of one time step, forward and backward,
    for float and double (``cells.c``; equations numbered in ``fastrnn_cells.h``); the
-   small-batch products on packed weights (``matmul.c``); the thread pool (``threads.c``).
+   small-batch products on packed weights (``matmul.c``); the fused LSTM and GRU steps
+   (``step.c``: product and gate math in one pass); the thread pool (``threads.c``).
    No allocation, no Python.
 2. This module (Cython): the time loops. It receives C-contiguous NumPy arrays of one float
    type, every output and workspace already allocated, re-checks only their rank, type and
