@@ -29,12 +29,6 @@
        the call whose range ends at N also zeroes the padding: threads may share the work */   \
     void fastrnn_pack_cols_##SFX(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c1,          \
                                  int trans, const T *w, ptrdiff_t ldw, T *packed);             \
-    /* packed := W^T for W (G*H, K) of G gate blocks of H rows (row stride ldw), in panels   \
-       of VW units of every gate: packed[q][k][g][l] = W[g*H + q*VW + l][k], zero past H,     \
-       fastrnn_gates_packed_size elements; the fused steps of fastrnn_step.h read it. Only    \
-       the panels of units u0..u1-1 (u0 a multiple of VW): a thread packs the panels it uses */\
-    void fastrnn_pack_gates_##SFX(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K, const T *w,            \
-                                  ptrdiff_t ldw, ptrdiff_t u0, ptrdiff_t u1, T *packed);       \
     /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1 */                     \
     void fastrnn_small_gemm_##SFX(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,           \
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
@@ -99,16 +93,6 @@ static inline ptrdiff_t fastrnn_packed_size_f64(ptrdiff_t K, ptrdiff_t N)
 {
     return (N + FASTRNN_PANEL_F64 - 1) / FASTRNN_PANEL_F64 * FASTRNN_PANEL_F64 * K +
            FASTRNN_VECTOR_F64;
-}
-
-/* Elements of fastrnn_pack_gates's output: H rounded up to whole vectors, times G and K. */
-static inline ptrdiff_t fastrnn_gates_packed_size_f32(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K)
-{
-    return (H + FASTRNN_VECTOR_F32 - 1) / FASTRNN_VECTOR_F32 * FASTRNN_VECTOR_F32 * G * K;
-}
-static inline ptrdiff_t fastrnn_gates_packed_size_f64(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K)
-{
-    return (H + FASTRNN_VECTOR_F64 - 1) / FASTRNN_VECTOR_F64 * FASTRNN_VECTOR_F64 * G * K;
 }
 
 #endif /* FASTRNN_MATMUL_H */

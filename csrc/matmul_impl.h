@@ -117,24 +117,6 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
     NAME(fastrnn_pack_cols)(K, N, 0, N, trans, w, ldw, packed);
 }
 
-FASTRNN_CLONES
-void NAME(fastrnn_pack_gates)(ptrdiff_t G, ptrdiff_t H, ptrdiff_t K, const T *w,
-                              ptrdiff_t ldw, ptrdiff_t u0, ptrdiff_t u1, T *packed)
-{
-    /* packed[q][k][g][l] = W[g * H + q * VW + l][k], zero past H, for the panels q of
-       units u0..u1-1 */
-    const ptrdiff_t GV = G * VW;
-    for (ptrdiff_t q = u0 / VW; q * VW < u1; ++q) {
-        ptrdiff_t jn = H - q * VW < VW ? H - q * VW : VW;
-        T *panel = packed + q * K * GV;
-        for (ptrdiff_t g = 0; g < G; ++g) {
-            NAME(pack_rows_t)(K, jn, w + (g * H + q * VW) * ldw, ldw, panel + g * VW, GV);
-            for (ptrdiff_t k = 0; jn < VW && k < K; ++k)
-                memset(panel + k * GV + g * VW + jn, 0, (size_t)(VW - jn) * sizeof(T));
-        }
-    }
-}
-
 /* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so
    the accumulators live in registers. Row r reads a[r][k * ks] (ks = 1: a row of A; ks = lda:
    a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns

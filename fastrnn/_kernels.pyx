@@ -6,8 +6,7 @@ Three tiers, each trusting the one above it:
 
 1. ``csrc/`` (plain C): the pointwise gate math of one time step, forward and backward,
    for float and double (``cells.c``; equations numbered in ``fastrnn_cells.h``); the
-   small-batch products on packed weights (``matmul.c``); the fused LSTM and GRU steps
-   (``step.c``: product and gate math in one pass); the thread pool (``threads.c``).
+   small-batch products on packed weights (``matmul.c``); the thread pool (``threads.c``).
    No allocation, no Python.
 2. This module (Cython): the time loops. It receives C-contiguous NumPy arrays of one float
    type, every output and workspace already allocated, re-checks only their rank, type and
@@ -92,22 +91,6 @@ cdef extern from "fastrnn_cells.h" nogil:
     void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
     void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
 
-cdef extern from "fastrnn_step.h" nogil:
-    void fastrnn_lstm_step_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                               Py_ssize_t K, const float *h_prev, const float *packed,
-                               const float *pre, const float *c_prev, float *act, float *c,
-                               float *h)
-    void fastrnn_lstm_step_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                               Py_ssize_t K, const double *h_prev, const double *packed,
-                               const double *pre, const double *c_prev, double *act,
-                               double *c, double *h)
-    void fastrnn_gru_step_f32(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                              const float *h_prev, const float *packed, const float *b_hh,
-                              const float *pre, float *act, float *h)
-    void fastrnn_gru_step_f64(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                              const double *h_prev, const double *packed, const double *b_hh,
-                              const double *pre, double *act, double *h)
-
 cdef extern from "fastrnn_threads.h" nogil:
     ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
     void fastrnn_parallel(int nt, fastrnn_task task, void *ctx)
@@ -128,12 +111,6 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                int trans, const float *w, Py_ssize_t ldw, float *packed)
     void fastrnn_pack_cols_f64(Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
                                int trans, const double *w, Py_ssize_t ldw, double *packed)
-    void fastrnn_pack_gates_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const float *w,
-                                Py_ssize_t ldw, Py_ssize_t u0, Py_ssize_t u1, float *packed)
-    void fastrnn_pack_gates_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K, const double *w,
-                                Py_ssize_t ldw, Py_ssize_t u0, Py_ssize_t u1, double *packed)
-    Py_ssize_t fastrnn_gates_packed_size_f32(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
-    Py_ssize_t fastrnn_gates_packed_size_f64(Py_ssize_t G, Py_ssize_t H, Py_ssize_t K)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
                                 Py_ssize_t lda, const float *packed, Py_ssize_t panel_stride,
                                 int beta, float *c, Py_ssize_t ldc)
@@ -245,22 +222,11 @@ cdef inline Py_ssize_t panel(floating dummy) noexcept nogil:
     return FASTRNN_PANEL_F32 if floating is float else FASTRNN_PANEL_F64
 
 
-cdef inline bint fused_step(int cell) noexcept nogil:
-    """Whether the small-batch path runs the cell's steps fused (fastrnn_step.h), with W_hh
-    packed by gates."""
-    return cell == LSTM or cell == GRU
-
-
 def forward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
-    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (by gates
-    for the fused steps; GRU_B packs its r,z and n blocks apart), or 0 when a batch this
-    large takes BLAS."""
+    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (GRU_B packs
+    its r,z and n blocks apart), or 0 when a batch this large takes BLAS."""
     if batch > SMALL_BATCH:
         return 0
-    if fused_step(cell):
-        if double:
-            return fastrnn_gates_packed_size_f64(num_gates(cell), H, P)
-        return fastrnn_gates_packed_size_f32(num_gates(cell), H, P)
     if cell == GRU_B:
         return packed_size(H, 2 * H, double) + packed_size(H, H, double)
     return packed_size(P, num_gates(cell) * H, double)
@@ -306,15 +272,6 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
         fastrnn_pack_f32(K, N, trans, w, ldw, packed)
     else:
         fastrnn_pack_f64(K, N, trans, w, ldw, packed)
-
-
-cdef inline void pack_gates(int G, Py_ssize_t H, Py_ssize_t K, const floating *w,
-                            Py_ssize_t u0, Py_ssize_t u1, floating *packed) noexcept nogil:
-    """The panels of units u0..u1-1 of W (G*H, K) packed by gates for the fused steps."""
-    if floating is float:
-        fastrnn_pack_gates_f32(G, H, K, w, K, u0, u1, packed)
-    else:
-        fastrnn_pack_gates_f64(G, H, K, w, K, u0, u1, packed)
 
 
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
@@ -569,29 +526,18 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                 hcell = <floating *> q.hraw + (s * B + r0) * H
             else:
                 hcell = work
-            if pk != NULL:  # product and gate math in one pass
-                if floating is float:
-                    fastrnn_lstm_step_f32(n, H, 0, H, P, hp, pk, pre, cp, act, cn, hcell)
-                else:
-                    fastrnn_lstm_step_f64(n, H, 0, H, P, hp, pk, pre, cp, act, cn, hcell)
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+                             ps, True, pre, <int> GH)
+            if floating is float:
+                fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
             else:
-                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True,
-                                 NULL, ps, True, pre, <int> GH)
-                if floating is float:
-                    fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
-                else:
-                    fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
+                fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
-        elif cell == GRU and pk != NULL:  # product and gate math in one pass
-            if floating is float:
-                fastrnn_gru_step_f32(n, H, 0, H, hp, pk, b_hh, pre, act, hn)
-            else:
-                fastrnn_gru_step_f64(n, H, 0, H, hp, pk, b_hh, pre, act, hn)
         elif cell == GRU:
             fill_rows(n, GH, b_hh, work)
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, NULL,
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
                              ps, True, work, <int> GH)
             if floating is float:
                 fastrnn_gru_gates_fwd_f32(n, H, 0, H, pre, work, hp, act, hn)
@@ -809,12 +755,11 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     cdef Py_ssize_t chunk = q.chunk, s0, steps_in, vw = panel(<floating> 0) // 4
     cdef Py_ssize_t blocks = (GH + vw - 1) // vw
     if q.pack_units:
-        # this thread's panels of W_hh (the only ones its steps read), and a share of
-        # W_ih's column blocks, which every thread's projection may read: hence the barrier
-        if cell == RNN_TANH or cell == RNN_RELU:  # one gate: units are columns of W_hh^T
-            pack_cols(H, GH, j0, j1, True, <const floating *> q.w_hh, H, <floating *> q.pk)
-        else:
-            pack_gates(G, H, H, <const floating *> q.w_hh, j0, j1, <floating *> q.pk)
+        # a share of the column blocks of W_hh^T and W_ih^T each (packing in parallel, and
+        # mostly into the core that reads them); other threads' columns may straddle the
+        # shares (a block can hold two gates' units): hence the barrier
+        pack_cols(H, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
+                  True, <const floating *> q.w_hh, H, <floating *> q.pk)
         pack_cols(I, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
                   True, <const floating *> q.w_ih, I, <floating *> q.ipk)
         fastrnn_barrier_wait(barrier, t, nt)
@@ -834,21 +779,25 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
         act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
         if j1 > j0:
             # (2) this thread's units: their columns of the recurrent product, gate math
-            # (LSTM and GRU in one pass over their panels of W_hh, fastrnn_step.h)
-            if cell == LSTM:
-                if floating is float:
-                    fastrnn_lstm_step_f32(1, H, j0, j1, H, hp, pk, pre, cs + (s % NH) * H,
-                                          act, cs + ((s + 1) % NH) * H, hn)
-                else:
-                    fastrnn_lstm_step_f64(1, H, j0, j1, H, hp, pk, pre, cs + (s % NH) * H,
-                                          act, cs + ((s + 1) % NH) * H, hn)
-            elif cell == GRU:
-                if floating is float:
-                    fastrnn_gru_step_f32(1, H, j0, j1, hp, pk, b_hh, pre, act, hn)
-                else:
-                    fastrnn_gru_step_f64(1, H, j0, j1, hp, pk, b_hh, pre, act, hn)
+            if cell == GRU:
+                for g in range(G):
+                    memcpy(work + g * H + j0, b_hh + g * H + j0, (j1 - j0) * sizeof(floating))
+                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, work, GH)
             else:
                 gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, pre, GH)
+            if cell == LSTM:
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(1, H, j0, j1, pre, cs + (s % NH) * H, act,
+                                               cs + ((s + 1) % NH) * H, hn)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(1, H, j0, j1, pre, cs + (s % NH) * H, act,
+                                               cs + ((s + 1) % NH) * H, hn)
+            elif cell == GRU:
+                if floating is float:
+                    fastrnn_gru_gates_fwd_f32(1, H, j0, j1, pre, work, hp, act, hn)
+                else:
+                    fastrnn_gru_gates_fwd_f64(1, H, j0, j1, pre, work, hp, act, hn)
+            else:
                 if floating is float:
                     fastrnn_rnn_gates_fwd_f32(1, H, j0, j1, relu, pre, hn)
                 else:
@@ -1240,8 +1189,6 @@ def forward(int cell,
             if pk != NULL and cell == GRU_B:
                 pack(H, 2 * H, True, w_hh_, H, pk)
                 pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-            elif pk != NULL and fused_step(cell):
-                pack_gates(G, H, P, w_hh_, 0, H, pk)
             elif pk != NULL:
                 pack(P, GH, True, w_hh_, P, pk)
             if ipk != NULL:
