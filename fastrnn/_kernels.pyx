@@ -520,14 +520,14 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         elif cell == LSTM:
             cp = cs + ((s % NH) * B + r0) * H
             cn = cs + (((s + 1) % NH) * B + r0) * H
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
+                             ps, True, pre, <int> GH)
             if not q.proj:
                 hcell = hn
             elif training:
                 hcell = <floating *> q.hraw + (s * B + r0) * H
             else:
                 hcell = work
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH)
             if floating is float:
                 fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
             else:
@@ -755,9 +755,8 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     cdef Py_ssize_t chunk = q.chunk, s0, steps_in, vw = panel(<floating> 0) // 4
     cdef Py_ssize_t blocks = (GH + vw - 1) // vw
     if q.pack_units:
-        # a share of the column blocks of W_hh^T and W_ih^T each (packing in parallel, and
-        # mostly into the core that reads them); other threads' columns may straddle the
-        # shares (a block can hold two gates' units): hence the barrier
+        # a share of the column blocks of W_hh^T and of W_ih^T each, packed in parallel;
+        # every thread reads columns of every gate, packed by others too: hence the barrier
         pack_cols(H, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
                   True, <const floating *> q.w_hh, H, <floating *> q.pk)
         pack_cols(I, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
@@ -1181,9 +1180,9 @@ def forward(int cell,
         if pk != NULL and cell == GRU_B:
             pk_n = pk + packed_size(H, 2 * H, floating is double)
         q.pk, q.pk_n = pk, pk_n
-        # the threads of a batch-1 unit split pack what they read (in parallel, and into
-        # their own core's cache); a caller that keeps workspaces (a stream) may mark
-        # them packed already, so everything is packed even when no step runs (S == 0)
+        # the threads of a batch-1 unit split share the packing (forward_units); a caller
+        # that keeps workspaces (a stream) marks them packed after this call, so everything
+        # is packed here even when no step runs (S == 0)
         q.pack_units = not packed and S > 0 and units_apply(&q, unit_threads)
         if not packed and not q.pack_units:
             if pk != NULL and cell == GRU_B:
