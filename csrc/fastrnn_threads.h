@@ -41,8 +41,7 @@ void fastrnn_barrier_init(fastrnn_barrier *b);
 void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt);
 
 /* Self-test of the pool's accounting (tests/test_invariants.py): runs `jobs` small jobs of 2-4
-   shares; scratch holds jobs * fastrnn_pool_selftest_bytes bytes. Returns the anomalies. */
-#define fastrnn_pool_selftest_bytes 16
-int fastrnn_pool_selftest(int jobs, void *scratch);
+   shares; returns the shares that did not run exactly once within their job (-1: no memory). */
+int fastrnn_pool_selftest(int jobs);
 
 #endif /* FASTRNN_THREADS_H */

@@ -8,13 +8,14 @@
  * as its own and then again: it signed off twice, and the caller returned while another
  * share was still running -- missing gradient rows, or a crash in a freed buffer, seen
  * under AddressSanitizer with 3 threads on 2 cores.) Workers that see a new generation run
- * their share, and the last to finish bumps `done`. Waiting is a spin of about 50 us on the
- * counter, then a sleep on the condition variable.
+ * their share and count it off `pending`. Waiting is a spin of about 50 us on the counter,
+ * then a sleep on the condition variable.
  */
 #include "fastrnn_threads.h"
 
 #include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -238,11 +239,13 @@ static void selftest_task(void *ctx, int t, int nt)
     atomic_fetch_add_explicit(&((struct selftest_job *)ctx)->runs[t], 1, memory_order_relaxed);
 }
 
-int fastrnn_pool_selftest(int jobs, void *scratch)
+int fastrnn_pool_selftest(int jobs)
 {
     static const int sizes[] = {4, 2, 3, 2};
-    struct selftest_job *job = scratch; /* jobs of them */
+    struct selftest_job *job = calloc(jobs > 0 ? (size_t)jobs : 1u, sizeof *job);
     int bad = 0;
+    if (job == NULL)
+        return -1;
     for (int j = 0; j < jobs; ++j) {
         int nt = sizes[j % 4];
         for (int t = 0; t < 4; ++t)
@@ -254,5 +257,6 @@ int fastrnn_pool_selftest(int jobs, void *scratch)
     for (int j = 0; j < jobs; ++j)
         for (int t = 0; t < 4; ++t)
             bad += atomic_load(&job[j].runs[t]) != (t < sizes[j % 4]);
+    free(job);
     return bad;
 }

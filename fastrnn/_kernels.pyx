@@ -28,7 +28,6 @@ and are permuted here.
 Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 """
 cimport numpy as cnp
-from libc.stdlib cimport free, malloc
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
@@ -99,8 +98,7 @@ cdef extern from "fastrnn_threads.h" nogil:
         pass
     void fastrnn_barrier_init(fastrnn_barrier *b)
     void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt)
-    int fastrnn_pool_selftest(int jobs, void *scratch)
-    const int fastrnn_pool_selftest_bytes
+    int fastrnn_pool_selftest(int jobs)
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -753,14 +751,13 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     cdef floating *act
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
     cdef Py_ssize_t chunk = q.chunk, s0, steps_in, vw = panel(<floating> 0) // 4
-    cdef Py_ssize_t blocks = (GH + vw - 1) // vw
+    cdef Py_ssize_t blocks = (GH + vw - 1) // vw, c0, c1
     if q.pack_units:
         # a share of the column blocks of W_hh^T and of W_ih^T each, packed in parallel;
         # every thread reads columns of every gate, packed by others too: hence the barrier
-        pack_cols(H, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
-                  True, <const floating *> q.w_hh, H, <floating *> q.pk)
-        pack_cols(I, GH, min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw),
-                  True, <const floating *> q.w_ih, I, <floating *> q.ipk)
+        c0, c1 = min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw)
+        pack_cols(H, GH, c0, c1, True, <const floating *> q.w_hh, H, <floating *> q.pk)
+        pack_cols(I, GH, c0, c1, True, <const floating *> q.w_ih, I, <floating *> q.ipk)
         fastrnn_barrier_wait(barrier, t, nt)
     for s in range(min(S, length)):
         if s % chunk == 0 and j1 > j0:
@@ -1444,11 +1441,9 @@ def add_into(const floating[::1] a,             # IN  (n,)
 def pool_selftest(int jobs):
     """Run `jobs` small jobs of 2, 3 and 4 shares through the thread pool; returns how many
     shares ran other than exactly once within their job (0 when the pool is sound)."""
-    cdef void *scratch = malloc(max(jobs, 1) * fastrnn_pool_selftest_bytes)
     cdef int bad
-    if scratch == NULL:
-        raise MemoryError()
     with nogil:
-        bad = fastrnn_pool_selftest(jobs, scratch)
-    free(scratch)
+        bad = fastrnn_pool_selftest(jobs)
+    if bad < 0:
+        raise MemoryError()
     return bad
