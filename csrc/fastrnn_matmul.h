@@ -32,7 +32,7 @@
     /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1 */                     \
     void fastrnn_small_gemm_##SFX(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,           \
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
-                                  int beta, T *c, ptrdiff_t ldc);                            \
+                                  int beta, T *c, ptrdiff_t ldc, int reverse);               \
     /* columns c0..c1-1 of the same product only; each column's numbers are those of the    \
        whole product (every column sums over K in the same order) */                               \
     void fastrnn_small_gemm_cols_##SFX(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,  \

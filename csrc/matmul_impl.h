@@ -178,15 +178,18 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K, const T *a,
     ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-    ptrdiff_t c_block, ptrdiff_t ldc)
+    ptrdiff_t c_block, ptrdiff_t ldc, int reverse)
 {
     const ptrdiff_t n = blocks * rows;
+    const ptrdiff_t first = c0 / PW, last = c1 > c0 ? (c1 - 1) / PW : first - 1;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
        it (panel-major order over all rows re-read A once per panel: the input projection
        of (T, B, I) = (100, 64, 256) ran at half the GEMM rate). */
     for (ptrdiff_t rb = 0; rb < n; rb += MB)
-    for (ptrdiff_t col0 = c0; col0 < c1; col0 = (col0 / PW + 1) * PW) {
-        ptrdiff_t end = (col0 / PW + 1) * PW < c1 ? (col0 / PW + 1) * PW : c1;
+    for (ptrdiff_t i = 0; i <= last - first; ++i) {
+        const ptrdiff_t p = reverse ? last - i : first + i;
+        ptrdiff_t col0 = p * PW > c0 ? p * PW : c0;
+        ptrdiff_t end = (p + 1) * PW < c1 ? (p + 1) * PW : c1;
         ptrdiff_t width = end - col0;
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride + col0 % PW;
@@ -215,9 +218,9 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-                              ptrdiff_t ldc)
+                              ptrdiff_t ldc, int reverse)
 {
-    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
+    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, reverse);
 }
 
 FASTRNN_CLONES
@@ -225,7 +228,7 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
                                    const T *a, ptrdiff_t lda, const T *packed,
                                    ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc);
+    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, 0);
 }
 
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
@@ -311,7 +314,7 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                                      ptrdiff_t c_block, ptrdiff_t ldc)
 {
     NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, c,
-                      c_block, ldc);
+                      c_block, ldc, 0);
 }
 
 #undef MB

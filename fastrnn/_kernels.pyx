@@ -111,10 +111,10 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                int trans, const double *w, Py_ssize_t ldw, double *packed)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
                                 Py_ssize_t lda, const float *packed, Py_ssize_t panel_stride,
-                                int beta, float *c, Py_ssize_t ldc)
+                                int beta, float *c, Py_ssize_t ldc, int reverse)
     void fastrnn_small_gemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double *a,
                                 Py_ssize_t lda, const double *packed, Py_ssize_t panel_stride,
-                                int beta, double *c, Py_ssize_t ldc)
+                                int beta, double *c, Py_ssize_t ldc, int reverse)
     void fastrnn_small_gemm_cols_f32(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
                                      const float *a, Py_ssize_t lda, const float *packed,
                                      Py_ssize_t panel_stride, int beta, float *c, Py_ssize_t ldc)
@@ -275,7 +275,8 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
                                   const floating *w, int ldw, bint w_is_nk,
                                   const floating *packed, Py_ssize_t panel_stride,
-                                  bint accumulate, floating *out, int ldout) noexcept nogil:
+                                  bint accumulate, floating *out, int ldout,
+                                  bint reverse) noexcept nogil:
     """out (n, cols) := a (n, K) @ op(w) (+ out if accumulate); op(w) = w^T if w is (cols, K)
     (w_is_nk), else w (K, cols).
 
@@ -285,10 +286,10 @@ cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int
     if packed != NULL:
         if floating is float:
             fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
-                                   ldout)
+                                   ldout, reverse)
         else:
             fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
-                                   ldout)
+                                   ldout, reverse)
     else:
         gemm(False, w_is_nk, n, cols, K, <floating> 1, a, lda, w, ldw,
              <floating> (1 if accumulate else 0), out, ldout)
@@ -510,7 +511,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         # (2) the recurrent product and the step's gate math
         if cell == RNN_TANH or cell == RNN_RELU:
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH)
+                             ps, True, pre, <int> GH, s & 1)
             if floating is float:
                 fastrnn_rnn_gates_fwd_f32(n, H, 0, H, relu, pre, hn)
             else:
@@ -519,7 +520,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             cp = cs + ((s % NH) * B + r0) * H
             cn = cs + (((s + 1) % NH) * B + r0) * H
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH)
+                             ps, True, pre, <int> GH, s & 1)
             if not q.proj:
                 hcell = hn
             elif training:
@@ -536,20 +537,20 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         elif cell == GRU:
             fill_rows(n, GH, b_hh, work)
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, work, <int> GH)
+                             ps, True, work, <int> GH, s & 1)
             if floating is float:
                 fastrnn_gru_gates_fwd_f32(n, H, 0, H, pre, work, hp, act, hn)
             else:
                 fastrnn_gru_gates_fwd_f64(n, H, 0, H, pre, work, hp, act, hn)
         else:  # GRU_B: (B1) needs r before the n-gate's product can start
             recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, w_hh, <int> H, True,
-                             pk, ps, True, pre, <int> GH)
+                             pk, ps, True, pre, <int> GH, s & 1)
             if floating is float:
                 fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, work)
             else:
                 fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, work)
             recurrent_matmul(<int> n, <int> H, <int> H, work, <int> H, w_hh + 2 * H * H, <int> H,
-                             True, pk_n, ps, True, pre + 2 * H, <int> GH)
+                             True, pk_n, ps, True, pre + 2 * H, <int> GH, s & 1)
             if floating is float:
                 fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
             else:
@@ -613,7 +614,7 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                 fastrnn_rnn_gates_bwd_f64(n, H, 0, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
             # dh_prev = dpre W_hh
             recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, w_hh, <int> H, False, pk,
-                             ps, False, dh, <int> H)
+                             ps, False, dh, <int> H, s & 1)
         elif cell == LSTM:
             hcell = dh
             if q.proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
@@ -628,7 +629,7 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                 fastrnn_lstm_gates_bwd_f64(n, H, 0, H, act, cs + (s * B + r0) * H,
                                            cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
             recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, w_hh, <int> P, False, pk,
-                             ps, False, dh, <int> P)
+                             ps, False, dh, <int> P, s & 1)
         elif cell == GRU:
             if floating is float:
                 fastrnn_gru_gates_bwd_f32(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
@@ -636,10 +637,10 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
                 fastrnn_gru_gates_bwd_f64(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
             # (A1)-(A2) through hh = W_hh h_prev + b_hh
             recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
-                             pk, ps, True, tmp, <int> H)
+                             pk, ps, True, tmp, <int> H, s & 1)
             recurrent_matmul(<int> n, <int> H, <int> H, dgh, <int> H, w_hh + 2 * H * H, <int> H,
                              False, pk + 2 * H * panel(<floating> 0) if pk else NULL, ps, True,
-                             tmp, <int> H)
+                             tmp, <int> H, s & 1)
             memcpy(dh, tmp, n * H * sizeof(floating))
         else:  # GRU_B
             if floating is float:
@@ -649,14 +650,14 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             # (B2): d rh = d a_n W_hn, into dh (free now)
             recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH, w_hh + 2 * H * H,
                              <int> H, False, pk + 2 * H * panel(<floating> 0) if pk else NULL,
-                             ps, False, dh, <int> H)
+                             ps, False, dh, <int> H, s & 1)
             if floating is float:
                 fastrnn_grub_rz_bwd_f32(n, H, act, hp, dh, dg, tmp)
             else:
                 fastrnn_grub_rz_bwd_f64(n, H, act, hp, dh, dg, tmp)
             # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
             recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
-                             pk, ps, True, tmp, <int> H)
+                             pk, ps, True, tmp, <int> H, s & 1)
             memcpy(dh, tmp, n * H * sizeof(floating))
     if q.ipk != NULL:
         # dX = dG W_ih for this range's rows of every step (rows past an end hold dG = 0)

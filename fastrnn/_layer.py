@@ -9,6 +9,7 @@ calls ``_kernels``; it does no arithmetic of its own.
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -111,11 +112,35 @@ def _release(*arrays: np.ndarray) -> None:
         total -= sum(a.nbytes for a in _spare.pop(key, []))
 
 
-class _Buffers:
-    """Allocates arrays, or lends them from a dict kept by the caller across calls."""
+# Inference scratch of small calls, kept per thread and per configuration: allocating a
+# call's dozen internal arrays cost ~7 us of a 20 us LSTM (1, 1, 64, 64) call. A thread
+# finishes one layer-direction before it starts the next, so no two calls share these; the
+# results (y, h_n, c_n) are never among them.
+_WORKSPACE_MAX_BYTES = 4 << 20  # per configuration; larger calls use the spares above
+_WORKSPACE_CONFIGS = 8  # per thread, least recently used dropped first
+_local = threading.local()
 
-    def __init__(self, ws: dict | None, dtype):
-        self.ws, self.dtype = ws, dtype
+
+def _thread_workspace(key: tuple) -> dict:
+    """This thread's scratch dict for one call configuration."""
+    kept = getattr(_local, "workspaces", None)
+    if kept is None:
+        kept = _local.workspaces = {}
+    ws = kept.pop(key, None)
+    if ws is None:
+        ws = {}
+        if len(kept) >= _WORKSPACE_CONFIGS:
+            del kept[next(iter(kept))]
+    kept[key] = ws  # dicts keep insertion order: the most recent last
+    return ws
+
+
+class _Buffers:
+    """Allocates arrays, or lends them from a dict kept across calls: a stream's (which lends
+    its results and packed weights too) or this thread's scratch for the configuration."""
+
+    def __init__(self, ws: dict | None, dtype, lends_results: bool):
+        self.ws, self.dtype, self.lends_results = ws, dtype, lends_results
 
     def __call__(self, key: str, shape: tuple, dtype=None) -> np.ndarray:
         dtype = self.dtype if dtype is None else dtype
@@ -126,11 +151,18 @@ class _Buffers:
             arr = self.ws[key] = np.empty(shape, dtype)
         return arr
 
+    def result(self, key: str, shape: tuple) -> np.ndarray:
+        """An array the call returns: lent by a stream, otherwise the caller's own."""
+        if self.lends_results:
+            return self(key, shape)
+        return np.empty(shape, self.dtype) if self.ws is not None else _scratch(shape, self.dtype)
+
     def holds(self, params: tuple, packs: tuple) -> bool:
         """Whether `packs` already hold `params` packed (same arrays, same pack buffers as
         the last call); records them for the next call either way. In-place changes to
-        the parameters are not seen: Stream.refresh() says so."""
-        if self.ws is None:
+        the parameters are not seen: Stream.refresh() says so. Only a stream keeps packed
+        weights: a model's parameters may change in place between calls."""
+        if not self.lends_results:
             return False
         last = self.ws.get("packed_for")
         same = last is not None and all(a is b for a, b in zip(last, params + packs, strict=True))
@@ -158,6 +190,46 @@ def _layout(T: int, B: int, lengths: np.ndarray | None, reverse: bool):
     return lengths, order, S, False
 
 
+@functools.lru_cache(maxsize=256)
+def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
+    """Shapes of forward()'s internal arrays for one configuration, and their total bytes."""
+    G = NUM_GATES[cell]
+    is_lstm = cell == "lstm"
+    double = dtype == np.float64
+    if cell in ("rnn_tanh", "rnn_relu"):
+        n_acts = 0
+    elif training:
+        n_acts = S
+    else:
+        n_acts = 1 if cell == "gru_reset_before" else 0
+    n_states = S + 1 if training else 2
+    shapes = {
+        "xc": (S, B, I),
+        "yc": (S, B, P),
+        "no_c": (0, H),
+        "xproj": (_kernels.projection_steps(B, S, G * H) * B, G * H),
+        "hs": (n_states, B, P),
+        "cs": (n_states, B, H) if is_lstm else (0, 0, H),
+        "acts": (n_acts, B, 4 * H),
+        "work": (B, 3 * H),
+        "hraw": (S if training and proj else 0, B, H),
+        "no_w_hr": (0, H),
+        "wpack": (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, double),),
+        "ipack": (_kernels.input_pack_size(B, I, G * H, double),),
+    }
+    nbytes = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
+    return shapes, nbytes
+
+
+@functools.lru_cache(maxsize=256)
+def _full_length_split(S: int, B: int, macs_per_token: int, macs_per_step: int, threads: int):
+    """row_bounds and unit_threads of a batch without `lengths` (threads: the current
+    setting, part of the key)."""
+    lens, order = _full_lengths(S, B)
+    bounds = _threads.row_bounds(lens, order, S, macs_per_token)
+    return bounds, _threads.unit_threads(B, S, macs_per_step)
+
+
 def forward(
     cell: str,
     weights: LayerWeights,
@@ -178,50 +250,45 @@ def forward(
     caller, lends inference workspaces from one call to the next (streaming), so that a
     steady stream of same-shaped chunks allocates no arrays; y is then one of them.
     """
-    T, B, _ = x.shape
+    T, B, I = x.shape  # noqa: E741
     G = NUM_GATES[cell]
     H, P = weights.w_hh.shape[0] // G, weights.w_hh.shape[1]
     dtype = x.dtype
     is_lstm = cell == "lstm"
-    buffer = _Buffers(None if training else ws, dtype)
     lens, order, S, identity = _layout(T, B, lengths, reverse)
+    shapes, nbytes = _forward_shapes(cell, S, B, I, H, P, dtype, training, weights.w_hr is not None)
+    lends_results = ws is not None
+    if ws is None and not training and nbytes <= _WORKSPACE_MAX_BYTES:
+        ws = _thread_workspace((cell, S, B, I, H, P, dtype))
+    buffer = _Buffers(None if training else ws, dtype, lends_results)
 
     if identity:
         xc = x
     else:
-        xc = buffer("xc", (S, B, x.shape[2]))
+        xc = buffer("xc", shapes["xc"])
         _kernel("gather_steps", dtype)(x, lens, order, reverse, xc)
-    yc = buffer("yc", (S, B, P))
+    yc = buffer.result("yc", shapes["yc"]) if identity else buffer("yc", shapes["yc"])
     if h_n is None:
-        h_n = buffer("h_n", (B, P))
+        h_n = buffer.result("h_n", (B, P))
     if not is_lstm:
-        c_n = c0 = buffer("no_c", (0, H))
+        c_n = c0 = buffer("no_c", shapes["no_c"])
     elif c_n is None:
-        c_n = buffer("c_n", (B, H))
-    xproj = buffer("xproj", (_kernels.projection_steps(B, S, G * H) * B, G * H))
-    n_states = S + 1 if training else 2
-    hs = buffer("hs", (n_states, B, P))
-    cs = buffer("cs", (n_states, B, H) if is_lstm else (0, 0, H))
-    if cell in ("rnn_tanh", "rnn_relu"):
-        n_acts = 0
-    elif training:
-        n_acts = S
-    else:
-        n_acts = 1 if cell == "gru_reset_before" else 0
-    acts = buffer("acts", (n_acts, B, 4 * H))
-    work = buffer("work", (B, 3 * H))
-    hraw = buffer("hraw", (S if training and weights.w_hr is not None else 0, B, H))
-    w_hr = weights.w_hr if weights.w_hr is not None else buffer("no_w_hr", (0, H))
-    wpack = buffer(
-        "wpack", (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, dtype == np.float64),)
+        c_n = buffer.result("c_n", (B, H))
+    xproj, hs, cs, acts, work, hraw = (
+        buffer(key, shapes[key]) for key in ("xproj", "hs", "cs", "acts", "work", "hraw")
     )
-    ipack = buffer("ipack", (_kernels.input_pack_size(B, x.shape[2], G * H, dtype == np.float64),))
-    # A caller that lends workspaces (a stream) also keeps the packed weights from one call to
-    # the next, for as long as the parameters are the same arrays.
+    w_hr = weights.w_hr if weights.w_hr is not None else buffer("no_w_hr", shapes["no_w_hr"])
+    wpack, ipack = buffer("wpack", shapes["wpack"]), buffer("ipack", shapes["ipack"])
+    # A stream also keeps the packed weights from one call to the next, for as long as the
+    # parameters are the same arrays.
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     packed = buffer.holds(params, (wpack, ipack))
-    bounds = _threads.row_bounds(lens, order, S, G * H * (P + x.shape[2]))
-    unit_threads = _threads.unit_threads(B, S, G * H * P)
+    if lengths is None:
+        bounds, unit_threads = _full_length_split(S, B, G * H * (P + I), G * H * P,
+                                                  _threads.get_num_threads())
+    else:
+        bounds = _threads.row_bounds(lens, order, S, G * H * (P + I))
+        unit_threads = _threads.unit_threads(B, S, G * H * P)
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
@@ -235,7 +302,7 @@ def forward(
     if identity:
         y = yc
     else:
-        y = buffer("y", (T, B, P))
+        y = buffer.result("y", (T, B, P))
         _kernel("scatter_steps", dtype)(yc, lens, order, reverse, y)
         if buffer.ws is None:
             _release(yc)

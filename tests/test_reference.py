@@ -27,6 +27,9 @@ SHAPES = [
     pytest.param((4, 0, 2, 3), id="T4-B0-I2-H3"),
     pytest.param((8, 16, 5, 33), id="T8-B16-I5-H33"),
     pytest.param((20, 17, 33, 65), id="T20-B17-I33-H65"),
+    # batch 1 over several panels of 64 gate columns, the last one partial: alternate steps
+    # read the panels in reverse order
+    pytest.param((9, 1, 6, 37), id="T9-B1-I6-H37"),
     # Batches above 128 (SMALL_BATCH in _kernels.pyx) take BLAS for the per-step products.
     pytest.param((3, 130, 4, 9), id="T3-B130-I4-H9"),
 ]

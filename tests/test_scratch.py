@@ -3,7 +3,9 @@
 import threading
 
 import numpy as np
-from helpers import make_model, normal
+import pytest
+import reference
+from helpers import CELLS, assert_close, make_model, normal
 
 from fastrnn import _layer
 
@@ -59,3 +61,67 @@ def test_training_from_two_threads_with_shared_spares():
         for r in range(5):
             for a, b in zip(got[k][r], want[k], strict=True):
                 np.testing.assert_array_equal(a, b)
+
+
+def _state_dict64(model):
+    return {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_results_are_the_callers_own(cell):
+    """Small inference calls reuse their thread's scratch: a later call (same shapes) must
+    not write into an earlier call's y or final state."""
+    rng = np.random.default_rng(61)
+    model = make_model(cell, 5, 19, dtype=np.float32, seed=61)
+    xs = [normal(rng, (6, 1, 5), np.float32) for _ in range(3)]
+    firsts = [model(x) for x in xs]
+    h0 = np.zeros((1, 1, 19))
+    for x, (y, state) in zip(xs, firsts, strict=True):
+        y_ref, h_ref, c_ref = reference.run_model(cell, x, _state_dict64(model), 1, False, h0,
+                                                  h0 if cell == "lstm" else None)
+        assert_close(y, y_ref, np.float32)
+        assert_close(state[0] if cell == "lstm" else state, h_ref, np.float32)
+        if cell == "lstm":
+            assert_close(state[1], c_ref, np.float32)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_in_place_weight_update_between_calls_is_seen(cell):
+    """Packed weights are not kept between model calls: an optimiser's in-place step
+    shows in the next call."""
+    rng = np.random.default_rng(62)
+    model = make_model(cell, 4, 21, dtype=np.float32, seed=62)
+    x = normal(rng, (5, 1, 4), np.float32)
+    model(x)
+    for p in model.parameters().values():
+        p *= -0.75
+    y, _ = model(x)
+    h0 = np.zeros((1, 1, 21))
+    y_ref, _, _ = reference.run_model(cell, x, _state_dict64(model), 1, False, h0,
+                                      h0 if cell == "lstm" else None)
+    assert_close(y, y_ref, np.float32)
+
+
+def test_inference_from_two_threads_at_once():
+    """Two threads run small inference calls on one model at once (each with its own
+    scratch): every result equals the same call run alone."""
+    rng = np.random.default_rng(63)
+    model = make_model("gru", 8, 24, dtype=np.float32, seed=63)
+    xs = [normal(rng, (30, 1, 8), np.float32) for _ in range(2)]
+    want = [model(x) for x in xs]
+    got = [[None] * 200 for _ in range(2)]
+
+    def run(k):
+        for r in range(200):
+            got[k][r] = model(xs[k])
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers)
+    for k in range(2):
+        for y, h in got[k]:
+            np.testing.assert_array_equal(y, want[k][0])
+            np.testing.assert_array_equal(h, want[k][1])
