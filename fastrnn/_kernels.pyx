@@ -431,7 +431,7 @@ cdef inline void zero_saved_rows(const Seq *q, floating *hs, Py_ssize_t s, Py_ss
 # and read back its output through memory: the own kernel ran (6400 x 256) x (256 x 1024),
 # the projection of (T, B, I) = (100, 64, 256) for 1024 gate columns, at 68 GFLOP/s, and
 # (384 x 256) x (256 x 1024) at 106 (one core, alone).
-DEF PROJECTION_CHUNK = 1 << 19
+DEF PROJECTION_CHUNK = 1 << 17
 
 
 def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
@@ -463,6 +463,26 @@ cdef inline void project_steps(const Seq *q, floating *xproj, Py_ssize_t r0, Py_
                                       <const double *> q.xc + (s0 * B + r0) * I, B * I, I,
                                       <const double *> q.ipk, I * panel(<floating> 0), True,
                                       xproj + r0 * GH, B * GH, GH)
+
+
+cdef inline floating *state_before(const Seq *q, Py_ssize_t s, Py_ssize_t r0,
+                                   floating dummy) noexcept nogil:
+    """Row r0's state before step s. Training keeps every state in hs (backward reads
+    them); inference reads the previous step's output in yc, or the initial state in hs[0],
+    so that no step copies its state into yc."""
+    if q.training:
+        return <floating *> q.hs + (s * q.B + r0) * q.P
+    if s == 0:
+        return <floating *> q.hs + r0 * q.P
+    return <floating *> q.yc + ((s - 1) * q.B + r0) * q.P
+
+
+cdef inline floating *state_after(const Seq *q, Py_ssize_t s, Py_ssize_t r0,
+                                  floating dummy) noexcept nogil:
+    """Where step s writes row r0's new state: hs[s + 1] in training, else yc[s]."""
+    if q.training:
+        return <floating *> q.hs + ((s + 1) * q.B + r0) * q.P
+    return <floating *> q.yc + (s * q.B + r0) * q.P
 
 
 cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
@@ -500,8 +520,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         if n == 0:
             break
         pre = xproj + ((s % chunk) * B + r0) * GH
-        hp = hs + ((s % NH) * B + r0) * P
-        hn = hs + (((s + 1) % NH) * B + r0) * P
+        hp = state_before(q, s, r0, <floating> 0)
+        hn = state_after(q, s, r0, <floating> 0)
         if training:
             act = <floating *> q.acts + (s * B + r0) * 4 * H if q.NA > 0 else NULL
         elif cell == GRU_B:
@@ -555,7 +575,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                 fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
             else:
                 fastrnn_grub_n_fwd_f64(n, H, pre, hp, act, hn)
-        memcpy(yc + (s * B + r0) * P, hn, n * P * sizeof(floating))
+        if training:
+            memcpy(yc + (s * B + r0) * P, hn, n * P * sizeof(floating))
         if n < rows:
             memset(yc + (s * B + r0 + n) * P, 0, (rows - n) * P * sizeof(floating))
             if training:
@@ -771,8 +792,8 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
             gate_cols(G, H, j0, j1, steps_in, I, <const floating *> q.xc + s * I, I,
                       <const floating *> q.ipk, I * panel(<floating> 0), xproj, GH)
         pre = xproj + (s % chunk) * GH
-        hp = hs + (s % NH) * H
-        hn = hs + ((s + 1) % NH) * H
+        hp = state_before(q, s, 0, <floating> 0)
+        hn = state_after(q, s, 0, <floating> 0)
         act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
         if j1 > j0:
             # (2) this thread's units: their columns of the recurrent product, gate math
@@ -799,7 +820,8 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
                     fastrnn_rnn_gates_fwd_f32(1, H, j0, j1, relu, pre, hn)
                 else:
                     fastrnn_rnn_gates_fwd_f64(1, H, j0, j1, relu, pre, hn)
-            memcpy(yc + s * H + j0, hn + j0, (j1 - j0) * sizeof(floating))
+            if q.training:
+                memcpy(yc + s * H + j0, hn + j0, (j1 - j0) * sizeof(floating))
         # every thread's part of h_s is written before any thread reads it
         fastrnn_barrier_wait(barrier, t, nt)
         steps = s + 1
@@ -1098,7 +1120,8 @@ def forward(int cell,
             cnp.ndarray c_n,                    # OUT  (B, H) LSTM; (0, H) otherwise
             cnp.ndarray xproj,                  # WORK (S*B, G*H)
             cnp.ndarray hs,                     # OUT/WORK (NH, B, P): NH = S+1 keeps every
-                                                #      state for backward, NH = 2 ping-pongs
+                                                #      state for backward; NH = 2 (inference):
+                                                #      hs[0] holds the initial state
             cnp.ndarray cs,                     # OUT/WORK (NH, B, H) LSTM; (0, 0, H) otherwise
             cnp.ndarray acts,                   # OUT/WORK (NA, B, 4H): NA = S keeps activations
                                                 #      for backward; NA = 1 is GRU_B's scratch;
@@ -1116,8 +1139,9 @@ def forward(int cell,
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
     where h = W_hr (o * tanh(c)) has P < H features).
     Training mode leaves in hs, cs, acts and hraw what backward needs: hs[s] is the state
-    before step s; rows past a sequence's end are zero. Inference ping-pongs the state
-    between hs[0] and hs[1].
+    before step s; rows past a sequence's end are zero. Inference keeps the initial state
+    in hs[0] and reads every later one from yc (each step writes its state there once);
+    the LSTM cell state ping-pongs between cs[0] and cs[1].
     """
     cdef Seq q
     cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE
@@ -1209,8 +1233,10 @@ def forward(int cell,
                 run_rows(&q, xproj_, False, bounds_, nt)
         # final state of each row: the state after its own last step
         for j in range(B):
-            r = lengths_[order_[j]] % NH
-            memcpy(h_n_ + order_[j] * P, hs_ + (r * B + j) * P, P * sizeof(floating))
+            r = lengths_[order_[j]]
+            memcpy(h_n_ + order_[j] * P, state_before(&q, r, j, <floating> 0),
+                   P * sizeof(floating))
+            r = r % NH
             if cell == LSTM:
                 memcpy(c_n_ + order_[j] * H, cs_ + (r * B + j) * H, H * sizeof(floating))
 
