@@ -6,15 +6,21 @@
  * SIMD loops (SSE2 and, through target_clones in cells.c, AVX2/AVX-512) with IEEE semantics
  * (no -ffast-math).
  *
- * exp:  x = k ln2 + r, |r| <= ln2/2, k by the 1.5*2^23 rounding trick; e^r by a degree-7
- *       Taylor polynomial (truncation < 4e-9); 2^k built in the exponent bits.
- *       Above 87 the result is +inf and below -87 it is 0, so it is never denormal
- *       (sigmoid(x) is then 0 for x < -87, where the true value is below 1.7e-38).
- * sigmoid(x) = 1 / (1 + e^-x).
- * tanh: odd Taylor polynomial to x^13 for |x| < 0.4 (truncation < 2e-9 relative), else
- *       sign(x) (1 - 2 / (e^2|x| + 1)).
- * Measured over a dense sweep of [-30, 30] against float64 (tests/test_math.py): relative
- * error < 3e-7 for both. NaN in gives NaN out.
+ * Both rest on e^z - 1 for |z| <= 87: z = k ln2 + r with k an integer (the 1.5*2^23
+ * rounding trick) and |r| <= ln2/2, so e^z - 1 = 2^k p + (2^k - 1) with p = e^r - 1 from
+ * its Taylor polynomial to r^7 (truncation < 1.5e-8 relative; p has no cancellation near
+ * r = 0) and 2^k built in the exponent bits.
+ * sigmoid(x) = 1 / (1 + e^-x) = 1 / (2^k p + (2^k + 1)), one rounding in the denominator;
+ *       x < -87 gives 0 (the true value is below 1.7e-38).
+ * tanh(x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|) = -(2^k p + (2^k - 1)) / (2^k p + (2^k + 1))
+ *       with |x| clamped to 9 (tanh(9) is within 3.1e-8 of 1): a numerator computed from p
+ *       keeps full relative accuracy at small |x|, where 1 - e^-2|x| would cancel, so no
+ *       second branch is needed. tanh(+-0) = +-0, and tanh(t) = t for tiny t.
+ * This is about twice as fast as the previous exp-then-divide tanh with a separate small-x
+ * polynomial (about 18 and 36 cycles per 16 lanes here), sigmoid about 20% faster.
+ * Measured over a dense sweep of [-30, 30], every float32 near the clamps and a sample of
+ * the whole range against float64 (tests/test_math.py): relative error < 2e-7 for both
+ * (documented bound 3e-7). NaN in gives NaN out.
  *
  * float64 uses the C library's exp and tanh.
  */
@@ -25,58 +31,46 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float fastrnn_expf(float x_in)
+/* e^r - 1 for z = k ln2 + r (see above), and *two_k = 2^k. Needs |z| <= 87.3. */
+static inline float fastrnn_expm1_reduced(float z, float *two_k)
 {
-    /* Comparisons, not fminf/fmaxf, so NaN passes through. */
-    float x = x_in > 87.0f ? 87.0f : x_in;
-    x = x < -87.0f ? -87.0f : x;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t = x * 1.44269504088896341f + shifter;
+    float t = z * 1.44269504088896341f + shifter;
     float k = t - shifter;
     int32_t ti;
     memcpy(&ti, &t, sizeof ti);
-    int32_t ki = ti - 0x4B400000; /* the integer k held in t's low mantissa bits */
-    float r = x - k * 0.693145751953125f; /* ln2 split hi/lo: k*hi is exact */
+    int32_t bits = (ti - 0x4B400000 + 127) << 23; /* k sits in t's low mantissa bits */
+    memcpy(two_k, &bits, sizeof *two_k);
+    float r = z - k * 0.693145751953125f; /* ln2 split hi/lo: k*hi is exact */
     r = r - k * 1.42860682030941723212e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = (ki + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float e = p * scale;
-    e = x_in > 87.0f ? INFINITY : e;
-    return x_in < -87.0f ? 0.0f : e;
+    float q = 1.0f / 5040.0f; /* p = r + r^2 (1/2 + r/6 + ... + r^5/5040) */
+    q = q * r + 1.0f / 720.0f;
+    q = q * r + 1.0f / 120.0f;
+    q = q * r + 1.0f / 24.0f;
+    q = q * r + 1.0f / 6.0f;
+    q = q * r + 0.5f;
+    return r * r * q + r;
 }
 
 static inline float fastrnn_sigmoidf(float x)
 {
-    return 1.0f / (1.0f + fastrnn_expf(-x));
+    /* Comparisons, not fminf/fmaxf, so NaN passes through. */
+    float xc = x > 87.0f ? 87.0f : x;
+    xc = xc < -87.0f ? -87.0f : xc;
+    float two_k;
+    float p = fastrnn_expm1_reduced(-xc, &two_k);
+    float y = 1.0f / (two_k * p + (two_k + 1.0f));
+    return x < -87.0f ? 0.0f : y;
 }
 
 static inline float fastrnn_tanhf(float x)
 {
-    float ax = fabsf(x);
-    /* large branch: 1 - 2/(e^{2|x|}+1); clamp keeps e finite (tanh(20) == 1 in float) */
-    float a2 = ax > 20.0f ? 40.0f : 2.0f * ax;
-    float big = 1.0f - 2.0f / (fastrnn_expf(a2) + 1.0f);
-    big = copysignf(big, x);
-    /* small branch: x - x^3/3 + 2x^5/15 - 17x^7/315 + 62x^9/2835 - 1382x^11/155925
-       + 21844x^13/6081075 */
-    float x2 = x * x;
-    float q = 21844.0f / 6081075.0f;
-    q = q * x2 - 1382.0f / 155925.0f;
-    q = q * x2 + 62.0f / 2835.0f;
-    q = q * x2 - 17.0f / 315.0f;
-    q = q * x2 + 2.0f / 15.0f;
-    q = q * x2 - 1.0f / 3.0f;
-    float small = copysignf(x + x * x2 * q, x); /* keeps tanh(-0) == -0 */
-    return ax < 0.4f ? small : big;
+    float a = fabsf(x);
+    a = a > 9.0f ? 9.0f : a;
+    float two_k;
+    float p = fastrnn_expm1_reduced(-2.0f * a, &two_k);
+    float t = -(two_k * p + (two_k - 1.0f)) / (two_k * p + (two_k + 1.0f));
+    return copysignf(t, x);
 }
 
 static inline double fastrnn_sigmoid(double x)
