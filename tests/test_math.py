@@ -48,9 +48,12 @@ def full_range_sample(n=2_000_000, seed=0):
 # Windows around the branches and clamps of fastrnn_math.h: every float32 in them, both signs
 # (a few hundred thousand points each).
 BRANCH_WINDOWS = {
-    "tanh-branch-0.4": (0.395, 0.405),
-    "tanh-clamp-20": (19.9, 20.1),
-    "exp-clamp-2x": (43.0, 44.5),
+    "tanh-first-k-switch": (0.170, 0.177),  # |2x| = ln2/2: the reduction's k leaves 0
+    "sigmoid-first-k-switch": (0.342, 0.351),  # |x| = ln2/2
+    "tanh-clamp-9": (8.95, 9.05),
+    "tanh-0.4": (0.395, 0.405),  # an earlier version's branch point
+    "tanh-20": (19.9, 20.1),
+    "exp-2x": (43.0, 44.5),
     "exp-clamp-87-88": (86.5, 88.5),
 }
 POINT_SETS = ["sweep-30-30", "full-range", *BRANCH_WINDOWS]
