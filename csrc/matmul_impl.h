@@ -159,6 +159,14 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     }
 }
 
+/* Rows of the next tile when `left` rows remain: 6 (24 accumulators), except that 7-9
+   rows go as 4 + 3..5 rather than 6 + 1..3, whose thin last tile loads a vector of B for
+   every one or two FMAs. */
+static inline ptrdiff_t NAME(tile_rows)(ptrdiff_t left)
+{
+    return left <= 6 ? left : left <= 9 ? 4 : 6;
+}
+
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
     case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, crow, col0, width); break;             \
@@ -194,10 +202,10 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride + col0 % PW;
         ptrdiff_t rend = rb + MB < n ? rb + MB : n;
-        for (ptrdiff_t r0 = rb; r0 < rend; r0 += 6) { /* 6 x 4 vectors: 24 accumulators */
+        for (ptrdiff_t r0 = rb, R; r0 < rend; r0 += R) { /* 6 x 4 vectors: 24 accumulators */
             const T *arow[6];
             T *crow[6];
-            int R = rend - r0 >= 6 ? 6 : (int)(rend - r0);
+            R = NAME(tile_rows)(rend - r0);
             for (int r = 0; r < R; ++r) {
                 ptrdiff_t s = (r0 + r) / rows, i = (r0 + r) % rows;
                 arow[r] = a + s * a_block + i * lda;
