@@ -139,8 +139,19 @@ class _Buffers:
     """Allocates arrays, or lends them from a dict kept across calls: a stream's (which lends
     its results and packed weights too) or this thread's scratch for the configuration."""
 
-    def __init__(self, ws: dict | None, dtype, lends_results: bool):
-        self.ws, self.dtype, self.lends_results = ws, dtype, lends_results
+    def __init__(self, ws: dict | None, dtype, lends_results: bool, shapes: dict):
+        self.ws, self.dtype, self.lends_results, self.shapes = ws, dtype, lends_results, shapes
+        if ws is not None and not lends_results:
+            # this thread's scratch for one configuration: every array made once, all
+            # served by one dict lookup (a dozen calls of __call__ cost ~3 us)
+            arrays = ws.get("arrays")
+            if arrays is None:
+                arrays = ws["arrays"] = {k: np.empty(v, dtype) for k, v in shapes.items()}
+            self.scratch = arrays.__getitem__
+
+    def scratch(self, key: str) -> np.ndarray:
+        """The internal array `key` of the configuration's shapes."""
+        return self(key, self.shapes[key])
 
     def __call__(self, key: str, shape: tuple, dtype=None) -> np.ndarray:
         dtype = self.dtype if dtype is None else dtype
@@ -256,36 +267,38 @@ def forward(
     dtype = x.dtype
     is_lstm = cell == "lstm"
     lens, order, S, identity = _layout(T, B, lengths, reverse)
-    shapes, nbytes = _forward_shapes(cell, S, B, I, H, P, dtype, training, weights.w_hr is not None)
+    shapes, nbytes = _forward_shapes(
+        cell, S, B, I, H, P, dtype, training, weights.w_hr is not None
+    )
     lends_results = ws is not None
     if ws is None and not training and nbytes <= _WORKSPACE_MAX_BYTES:
         ws = _thread_workspace((cell, S, B, I, H, P, dtype))
-    buffer = _Buffers(None if training else ws, dtype, lends_results)
+    buffer = _Buffers(None if training else ws, dtype, lends_results, shapes)
+    scratch = buffer.scratch
 
     if identity:
         xc = x
     else:
-        xc = buffer("xc", shapes["xc"])
+        xc = scratch("xc")
         _kernel("gather_steps", dtype)(x, lens, order, reverse, xc)
-    yc = buffer.result("yc", shapes["yc"]) if identity else buffer("yc", shapes["yc"])
+    yc = buffer.result("yc", shapes["yc"]) if identity else scratch("yc")
     if h_n is None:
         h_n = buffer.result("h_n", (B, P))
     if not is_lstm:
-        c_n = c0 = buffer("no_c", shapes["no_c"])
+        c_n = c0 = scratch("no_c")
     elif c_n is None:
         c_n = buffer.result("c_n", (B, H))
-    xproj, hs, cs, acts, work, hraw = (
-        buffer(key, shapes[key]) for key in ("xproj", "hs", "cs", "acts", "work", "hraw")
-    )
-    w_hr = weights.w_hr if weights.w_hr is not None else buffer("no_w_hr", shapes["no_w_hr"])
-    wpack, ipack = buffer("wpack", shapes["wpack"]), buffer("ipack", shapes["ipack"])
+    xproj, hs, cs, acts = scratch("xproj"), scratch("hs"), scratch("cs"), scratch("acts")
+    work, hraw, wpack, ipack = scratch("work"), scratch("hraw"), scratch("wpack"), scratch("ipack")
+    w_hr = weights.w_hr if weights.w_hr is not None else scratch("no_w_hr")
     # A stream also keeps the packed weights from one call to the next, for as long as the
     # parameters are the same arrays.
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     packed = buffer.holds(params, (wpack, ipack))
     if lengths is None:
-        bounds, unit_threads = _full_length_split(S, B, G * H * (P + I), G * H * P,
-                                                  _threads.get_num_threads())
+        bounds, unit_threads = _full_length_split(
+            S, B, G * H * (P + I), G * H * P, _threads.get_num_threads()
+        )
     else:
         bounds = _threads.row_bounds(lens, order, S, G * H * (P + I))
         unit_threads = _threads.unit_threads(B, S, G * H * P)
@@ -352,9 +365,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
-    wpack = _scratch(
-        (_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double),), dtype
-    )
+    wpack = _scratch((_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double),), dtype)
     ipack = _scratch((_kernels.backward_input_pack_size(B, G * H, I, double),), dtype)
     grad_threads = _threads.product_threads(S * B * G * H * (I + P))
     gbuf = np.empty((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)

@@ -7,11 +7,21 @@ dropout product and the sum of the two directions' input gradients are kernels t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _kernels, _layer, _validate
+
+_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+@functools.cache
+def _param_names(layer: int, direction: int) -> tuple[str, ...]:
+    """PyTorch's names of one layer-direction's parameters, in _PARAM_KINDS order."""
+    sfx = "_reverse" if direction else ""
+    return tuple(f"{kind}_l{layer}{sfx}" for kind in _PARAM_KINDS)
 
 
 @dataclass
@@ -151,16 +161,14 @@ class RecurrentModel:
         """One layer-direction's parameters. With snapshot, private copies of the matrices
         that backward reads, so that updating parameters in place between forward_train and
         its backward cannot change that pass's gradients."""
-        sfx = "_reverse" if direction else ""
         p = self._params
-        own = np.copy if snapshot else (lambda a: a)
-        w_hr = p.get(f"weight_hr_l{layer}{sfx}")
+        n_ih, n_hh, n_bih, n_bhh, n_hr = _param_names(layer, direction)
+        w_ih, w_hh, w_hr = p[n_ih], p[n_hh], p.get(n_hr)
+        if snapshot:
+            w_ih, w_hh = w_ih.copy(), w_hh.copy()
+            w_hr = None if w_hr is None else w_hr.copy()
         return _layer.LayerWeights(
-            own(p[f"weight_ih_l{layer}{sfx}"]),
-            own(p[f"weight_hh_l{layer}{sfx}"]),
-            p.get(f"bias_ih_l{layer}{sfx}", self._zero_bias),
-            p.get(f"bias_hh_l{layer}{sfx}", self._zero_bias),
-            None if w_hr is None else own(w_hr),
+            w_ih, w_hh, p.get(n_bih, self._zero_bias), p.get(n_bhh, self._zero_bias), w_hr
         )
 
     # -- forward -------------------------------------------------------------------------

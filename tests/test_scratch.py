@@ -77,8 +77,9 @@ def test_inference_results_are_the_callers_own(cell):
     firsts = [model(x) for x in xs]
     h0 = np.zeros((1, 1, 19))
     for x, (y, state) in zip(xs, firsts, strict=True):
-        y_ref, h_ref, c_ref = reference.run_model(cell, x, _state_dict64(model), 1, False, h0,
-                                                  h0 if cell == "lstm" else None)
+        y_ref, h_ref, c_ref = reference.run_model(
+            cell, x, _state_dict64(model), 1, False, h0, h0 if cell == "lstm" else None
+        )
         assert_close(y, y_ref, np.float32)
         assert_close(state[0] if cell == "lstm" else state, h_ref, np.float32)
         if cell == "lstm":
@@ -97,8 +98,9 @@ def test_in_place_weight_update_between_calls_is_seen(cell):
         p *= -0.75
     y, _ = model(x)
     h0 = np.zeros((1, 1, 21))
-    y_ref, _, _ = reference.run_model(cell, x, _state_dict64(model), 1, False, h0,
-                                      h0 if cell == "lstm" else None)
+    y_ref, _, _ = reference.run_model(
+        cell, x, _state_dict64(model), 1, False, h0, h0 if cell == "lstm" else None
+    )
     assert_close(y, y_ref, np.float32)
 
 

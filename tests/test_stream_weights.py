@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import CELLS, make_model
 
 import fastrnn
-from helpers import CELLS, make_model
 
 
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU])
