@@ -33,9 +33,17 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Inlined into each target_clones clone of the loops that use them: a function left out of
+   line is compiled for the baseline target (no FMA, no vectors) and gives other numbers. */
+#if defined(__GNUC__)
+#define FASTRNN_MATH_INLINE static inline __attribute__((always_inline))
+#else
+#define FASTRNN_MATH_INLINE static inline
+#endif
+
 /* z = k ln2 + r (see above): returns r and sets *two_k = 2^k; needs -126 <= k <= 128
    (2^128 comes out as +inf), i.e. -87.3 <= z <= 88.7. */
-static inline float fastrnn_reduce(float z, float *two_k)
+FASTRNN_MATH_INLINE float fastrnn_reduce(float z, float *two_k)
 {
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = z * 1.44269504088896341f + shifter;
@@ -49,7 +57,7 @@ static inline float fastrnn_reduce(float z, float *two_k)
 }
 
 /* e^r - 1 = r + r^2 (1/2 + r/6 + ... + r^5/5040) for |r| <= ln2/2 */
-static inline float fastrnn_expm1_small(float r)
+FASTRNN_MATH_INLINE float fastrnn_expm1_small(float r)
 {
     float q = 1.0f / 5040.0f;
     q = q * r + 1.0f / 720.0f;
@@ -61,7 +69,7 @@ static inline float fastrnn_expm1_small(float r)
 }
 
 /* e^r = 1 + r + ... + r^7/5040 for |r| <= ln2/2 */
-static inline float fastrnn_exp_small(float r)
+FASTRNN_MATH_INLINE float fastrnn_exp_small(float r)
 {
     float q = 1.0f / 5040.0f;
     q = q * r + 1.0f / 720.0f;
@@ -73,7 +81,7 @@ static inline float fastrnn_exp_small(float r)
     return q * r + 1.0f;
 }
 
-static inline float fastrnn_sigmoidf(float x)
+FASTRNN_MATH_INLINE float fastrnn_sigmoidf(float x)
 {
     /* -x clamped to [-87, 88.7], by comparisons (not fminf/fmaxf) so NaN passes through.
        Past -x = 88.4, 2^k is +inf and so is the denominator: sigmoid(x) is 0 for
@@ -86,7 +94,7 @@ static inline float fastrnn_sigmoidf(float x)
     return 1.0f / (two_k * fastrnn_exp_small(r) + 1.0f); /* e^-x = 2^k e^r */
 }
 
-static inline float fastrnn_tanhf(float x)
+FASTRNN_MATH_INLINE float fastrnn_tanhf(float x)
 {
     float a = fabsf(x);
     a = a > 9.0f ? 9.0f : a;
@@ -96,7 +104,7 @@ static inline float fastrnn_tanhf(float x)
     return copysignf(t, x);
 }
 
-static inline double fastrnn_sigmoid(double x)
+FASTRNN_MATH_INLINE double fastrnn_sigmoid(double x)
 {
     return 1.0 / (1.0 + exp(-x));
 }

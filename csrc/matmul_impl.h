@@ -162,7 +162,7 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 /* Rows of the next tile when `left` rows remain: 6 (24 accumulators), except that 7-9
    rows go as 4 + 3..5 rather than 6 + 1..3, whose thin last tile loads a vector of B for
    every one or two FMAs. */
-static inline ptrdiff_t NAME(tile_rows)(ptrdiff_t left)
+static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t left)
 {
     return left <= 6 ? left : left <= 9 ? 4 : 6;
 }
@@ -224,14 +224,6 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
-                              const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-                              ptrdiff_t ldc, int reverse)
-{
-    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, reverse);
-}
-
-FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,
                                    const T *a, ptrdiff_t lda, const T *packed,
                                    ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t ldc)
@@ -275,6 +267,24 @@ static inline __attribute__((always_inline)) void NAME(matvec_group)(
     }
 }
 
+/* The last group of a pass, m < MV vectors (M must be a constant for the registers).
+   always_inline, like every helper here: a helper left out of line is compiled for the
+   baseline target, not the caller's clone, and so without FMA (different numbers). */
+static inline __attribute__((always_inline)) void NAME(matvec_rest)(int m, ptrdiff_t K, const T *a, const T *const *b,
+                                     T *const *out, const ptrdiff_t *width, int beta)
+{
+    switch (m) {
+    case 7: NAME(matvec_group)(7, K, a, b, out, width, beta); break;
+    case 6: NAME(matvec_group)(6, K, a, b, out, width, beta); break;
+    case 5: NAME(matvec_group)(5, K, a, b, out, width, beta); break;
+    case 4: NAME(matvec_group)(4, K, a, b, out, width, beta); break;
+    case 3: NAME(matvec_group)(3, K, a, b, out, width, beta); break;
+    case 2: NAME(matvec_group)(2, K, a, b, out, width, beta); break;
+    case 1: NAME(matvec_group)(1, K, a, b, out, width, beta); break;
+    default: break;
+    }
+}
+
 FASTRNN_CLONES
 void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_t *c1,
                                  ptrdiff_t K, const T *a, const T *packed,
@@ -301,16 +311,15 @@ void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_
             }
         }
     }
-    switch (m) {
-    case 7: NAME(matvec_group)(7, K, a, b, out, width, beta); break;
-    case 6: NAME(matvec_group)(6, K, a, b, out, width, beta); break;
-    case 5: NAME(matvec_group)(5, K, a, b, out, width, beta); break;
-    case 4: NAME(matvec_group)(4, K, a, b, out, width, beta); break;
-    case 3: NAME(matvec_group)(3, K, a, b, out, width, beta); break;
-    case 2: NAME(matvec_group)(2, K, a, b, out, width, beta); break;
-    case 1: NAME(matvec_group)(1, K, a, b, out, width, beta); break;
-    default: break;
-    }
+    NAME(matvec_rest)(m, K, a, b, out, width, beta);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
+                              const T *packed, ptrdiff_t panel_stride, int beta, T *c,
+                              ptrdiff_t ldc, int reverse)
+{
+    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, reverse);
 }
 
 #undef MV
