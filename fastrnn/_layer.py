@@ -9,6 +9,7 @@ calls ``_kernels``; it does no arithmetic of its own.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -88,23 +89,27 @@ _spare: dict = {}
 def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
     """An uninitialised array whose data starts on a 64-byte boundary. NumPy's own start 16
     bytes past one, so that every 64-byte vector load of a packed weight panel or a row of
-    gate columns straddled two cache lines."""
+    gate columns straddled two cache lines. (~2 us: kept for arrays that are reused.)"""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _scratch(shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array: a spare one of this shape and dtype, or a new one."""
-    kept = _spare.get((shape, np.dtype(dtype)))
+    """An uninitialised array: a spare one of this shape and dtype, or a new one (aligned
+    when it is large enough to be kept as a spare afterwards)."""
+    dtype = np.dtype(dtype)
+    kept = _spare.get((shape, dtype))
     if kept:
         try:
             return kept.pop()
         except IndexError:  # another thread took it
             pass
-    return _aligned_empty(shape, dtype)
+    if math.prod(shape) * dtype.itemsize >= _SPARE_MIN:
+        return _aligned_empty(shape, dtype)
+    return np.empty(shape, dtype)
 
 
 def _release(*arrays: np.ndarray) -> None:
@@ -374,12 +379,12 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dgx = _scratch((S * B, G * H), dtype)
     dgh = _scratch((S * B if tape.cell == "gru" else 0, H), dtype)
     dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
-    work = _aligned_empty((3 * B, H), dtype)
+    work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
     wpack = _scratch((_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double),), dtype)
     ipack = _scratch((_kernels.backward_input_pack_size(B, G * H, I, double),), dtype)
     grad_threads = _threads.product_threads(S * B * G * H * (I + P))
-    gbuf = _aligned_empty((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
+    gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
@@ -388,7 +393,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
         grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,
     )  # fmt: skip
-    _release(dgx, dgh, dhs, wpack, ipack)
+    _release(dgx, dgh, dhs, wpack, ipack, gbuf)
     if w.w_hr is None:
         del grads["weight_hr"]
 

@@ -129,14 +129,29 @@ def test_inference_from_two_threads_at_once():
             np.testing.assert_array_equal(h, want[k][1])
 
 
-def test_scratch_arrays_start_on_a_64_byte_boundary(monkeypatch):
+def test_kept_and_aligned_arrays_start_on_a_64_byte_boundary(monkeypatch):
     """The kernels' 64-byte vector loads of packed weights and gate rows stay within one
-    cache line only if the buffers are 64-byte aligned (NumPy's own start 16 bytes past)."""
+    cache line only if the buffers are 64-byte aligned (NumPy's own start 16 bytes past):
+    every scratch array large enough to be kept as a spare, and every _aligned_empty."""
     monkeypatch.setattr(_layer, "_spare", {})
-    for shape in [(3,), (5, 7), (1 << 17,), (2, 3, 1000)]:
+    big = [(1 << 14,), (2, 3, 4000), (129, 128)]
+    for shape in big + [(3,), (5, 7), (0,)]:
         for dtype in (np.float32, np.float64):
-            a = _layer._scratch(shape, dtype)
-            assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
-            assert a.ctypes.data % 64 == 0
-            a[...] = 1  # writable, and the whole extent is its own
-            assert a.sum() == a.size
+            arrays = [_layer._aligned_empty(shape, dtype)]
+            if shape in big:
+                arrays.append(_layer._scratch(shape, dtype))
+            for a in arrays:
+                assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+                assert a.size == 0 or a.ctypes.data % 64 == 0
+                a[...] = 1  # writable, and the whole extent is its own
+                assert a.sum() == a.size
+
+
+def test_small_inference_scratch_is_aligned():
+    """A small inference call's per-thread scratch (packed weights among it) is aligned."""
+    model = make_model("lstm", 8, 24, dtype=np.float32, seed=64)
+    model(np.ones((3, 1, 8), np.float32))
+    kept = _layer._local.workspaces
+    arrays = [a for ws in kept.values() for a in ws.get("arrays", {}).values() if a.size]
+    assert arrays
+    assert all(a.ctypes.data % 64 == 0 for a in arrays)
