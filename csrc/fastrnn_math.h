@@ -56,29 +56,27 @@ FASTRNN_MATH_INLINE float fastrnn_reduce(float z, float *two_k)
     return r - k * 1.42860682030941723212e-6f;
 }
 
-/* e^r - 1 = r + r^2 (1/2 + r/6 + ... + r^5/5040) for |r| <= ln2/2 */
-FASTRNN_MATH_INLINE float fastrnn_expm1_small(float r)
+/* (e^r - 1 - r) / r^2 = 1/2 + r/6 + ... + r^5/5040, the Taylor terms to r^7 */
+FASTRNN_MATH_INLINE float fastrnn_exp_tail(float r)
 {
     float q = 1.0f / 5040.0f;
     q = q * r + 1.0f / 720.0f;
     q = q * r + 1.0f / 120.0f;
     q = q * r + 1.0f / 24.0f;
     q = q * r + 1.0f / 6.0f;
-    q = q * r + 0.5f;
-    return r * r * q + r;
+    return q * r + 0.5f;
 }
 
-/* e^r = 1 + r + ... + r^7/5040 for |r| <= ln2/2 */
+/* e^r - 1 = r + r^2 tail(r), with no cancellation near r = 0 (|r| <= ln2/2) */
+FASTRNN_MATH_INLINE float fastrnn_expm1_small(float r)
+{
+    return r * r * fastrnn_exp_tail(r) + r;
+}
+
+/* e^r = (tail(r) r + 1) r + 1 (|r| <= ln2/2) */
 FASTRNN_MATH_INLINE float fastrnn_exp_small(float r)
 {
-    float q = 1.0f / 5040.0f;
-    q = q * r + 1.0f / 720.0f;
-    q = q * r + 1.0f / 120.0f;
-    q = q * r + 1.0f / 24.0f;
-    q = q * r + 1.0f / 6.0f;
-    q = q * r + 0.5f;
-    q = q * r + 1.0f;
-    return q * r + 1.0f;
+    return (fastrnn_exp_tail(r) * r + 1.0f) * r + 1.0f;
 }
 
 FASTRNN_MATH_INLINE float fastrnn_sigmoidf(float x)
