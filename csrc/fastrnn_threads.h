@@ -40,6 +40,37 @@ typedef struct {
 void fastrnn_barrier_init(fastrnn_barrier *b);
 void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt);
 
+/* A time loop on one thread with its input projection computed a chunk of steps ahead by a
+   helper thread: chunk k of `chunks` goes to ring slot k % slots (slots <= FASTRNN_PIPE_SLOTS).
+   Whoever claims a chunk first projects it, so the loop never waits for a helper that has
+   not started (it then projects every chunk itself, as on one thread) and waits only for a
+   chunk the helper is part-way through. Each chunk's numbers are the same whoever projects
+   it. The loop: fastrnn_pipe_need(p, k) before chunk k's steps (1: project it yourself),
+   fastrnn_pipe_consumed(p, k) once it no longer reads chunk k, fastrnn_pipe_close(p) when it
+   ends. The helper: k = fastrnn_pipe_claim(p) until -1, project, fastrnn_pipe_ready(p, k). */
+#define FASTRNN_PIPE_SLOTS 64
+
+typedef struct {
+    _Alignas(64) _Atomic long next;     /* the first chunk nobody has claimed */
+    _Alignas(64) _Atomic long consumed; /* chunks 0..consumed-1 are free to overwrite */
+    _Alignas(64) _Atomic long ready[FASTRNN_PIPE_SLOTS]; /* chunk k + 1 once k is in slot */
+    long chunks;
+    long slots;
+} fastrnn_pipe;
+
+void fastrnn_pipe_init(fastrnn_pipe *p, long chunks, long slots);
+int fastrnn_pipe_need(fastrnn_pipe *p, long k);
+void fastrnn_pipe_consumed(fastrnn_pipe *p, long k);
+void fastrnn_pipe_close(fastrnn_pipe *p);
+long fastrnn_pipe_claim(fastrnn_pipe *p);
+void fastrnn_pipe_ready(fastrnn_pipe *p, long k);
+/* Pipes initialised so far in this process (the tests check that a call took one). */
+long fastrnn_pipes_started(void);
+
+/* Self-test of the pipe (tests/test_invariants.py): `runs` pipes of `chunks` (<= 256) chunks
+   over `slots` slots; returns the anomalies (-1: no memory). */
+int fastrnn_pipe_selftest(int runs, long chunks, long slots);
+
 /* Self-test of the pool's accounting (tests/test_invariants.py): runs `jobs` small jobs of 2-4
    shares; returns the shares that did not run exactly once within their job (-1: no memory). */
 int fastrnn_pool_selftest(int jobs);

@@ -226,6 +226,81 @@ void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt)
     }
 }
 
+/* Spin on a shared flag with pause, yielding the core now and then (a descheduled partner). */
+static void relax(unsigned *spins)
+{
+    CPU_RELAX();
+    if (++*spins >= BARRIER_SPINS) {
+        sched_yield();
+        *spins = 0;
+    }
+}
+
+static atomic_long pipes_started; /* for the tests: proof that a call took the pipe */
+
+long fastrnn_pipes_started(void) { return atomic_load_explicit(&pipes_started, memory_order_relaxed); }
+
+void fastrnn_pipe_init(fastrnn_pipe *p, long chunks, long slots)
+{
+    atomic_fetch_add_explicit(&pipes_started, 1, memory_order_relaxed);
+    atomic_init(&p->next, 0);
+    atomic_init(&p->consumed, 0);
+    for (int i = 0; i < FASTRNN_PIPE_SLOTS; ++i)
+        atomic_init(&p->ready[i], 0);
+    p->chunks = chunks;
+    p->slots = slots < 1 ? 1 : slots > FASTRNN_PIPE_SLOTS ? FASTRNN_PIPE_SLOTS : slots;
+}
+
+int fastrnn_pipe_need(fastrnn_pipe *p, long k)
+{
+    _Atomic long *ready = &p->ready[k % p->slots];
+    if (atomic_load_explicit(ready, memory_order_acquire) == k + 1)
+        return 0;
+    /* chunks before k were claimed (the loop needed them already): next is k unless the
+       helper has taken k */
+    long expected = k;
+    if (atomic_compare_exchange_strong_explicit(&p->next, &expected, k + 1,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return 1;
+    unsigned spins = 0;
+    while (atomic_load_explicit(ready, memory_order_acquire) != k + 1)
+        relax(&spins);
+    return 0;
+}
+
+void fastrnn_pipe_consumed(fastrnn_pipe *p, long k)
+{
+    atomic_store_explicit(&p->consumed, k + 1, memory_order_release);
+}
+
+void fastrnn_pipe_close(fastrnn_pipe *p)
+{
+    atomic_store_explicit(&p->next, p->chunks, memory_order_release);
+}
+
+long fastrnn_pipe_claim(fastrnn_pipe *p)
+{
+    unsigned spins = 0;
+    for (;;) {
+        long k = atomic_load_explicit(&p->next, memory_order_acquire);
+        if (k >= p->chunks)
+            return -1;
+        /* chunk k's slot last held chunk k - slots: wait until the loop is done with it */
+        if (k >= atomic_load_explicit(&p->consumed, memory_order_acquire) + p->slots) {
+            relax(&spins);
+            continue;
+        }
+        if (atomic_compare_exchange_weak_explicit(&p->next, &k, k + 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return k;
+    }
+}
+
+void fastrnn_pipe_ready(fastrnn_pipe *p, long k)
+{
+    atomic_store_explicit(&p->ready[k % p->slots], k + 1, memory_order_release);
+}
+
 /* The pool's self-test: `jobs` jobs of 2, 3 or 4 shares in turn, each share counting its
    runs; every share must have run exactly once when its job returns, and still once after
    all jobs (a share run twice, or after its job returned, shows). Returns the anomalies. */
@@ -257,6 +332,89 @@ int fastrnn_pool_selftest(int jobs)
     for (int j = 0; j < jobs; ++j)
         for (int t = 0; t < 4; ++t)
             bad += atomic_load(&job[j].runs[t]) != (t < sizes[j % 4]);
+    free(job);
+    return bad;
+}
+
+/* The pipe's self-test: `runs` pipes of `chunks` chunks over `slots` slots, a loop and a
+   helper that wait a varying number of pauses per chunk (so either runs ahead), and every
+   third run's loop stopping after two thirds of its chunks. A chunk's "projection" stores
+   its index in its slot; the loop reads it back before and after its wait. Anomalies: a
+   chunk projected other than once (up to the loop's stop), or a slot that did not hold the
+   loop's chunk while the loop read it (overwritten too early, or not yet written). */
+struct pipe_selftest {
+    fastrnn_pipe pipe;
+    _Atomic long slot[FASTRNN_PIPE_SLOTS];
+    _Atomic int projected[256];
+    long stop;
+    unsigned seed;
+    atomic_int bad;
+};
+
+static void pause_for(unsigned n)
+{
+    for (unsigned i = 0; i < n; ++i)
+        CPU_RELAX();
+}
+
+static void pipe_selftest_task(void *ctx, int t, int nt)
+{
+    (void)nt;
+    struct pipe_selftest *job = ctx;
+    fastrnn_pipe *p = &job->pipe;
+    unsigned r = job->seed * 2654435761u + (unsigned)t;
+    if (t == 0) {
+        for (long k = 0; k < job->stop; ++k) {
+            if (k > 0)
+                fastrnn_pipe_consumed(p, k - 1);
+            if (fastrnn_pipe_need(p, k)) {
+                atomic_store_explicit(&job->slot[k % p->slots], k, memory_order_relaxed);
+                atomic_fetch_add_explicit(&job->projected[k], 1, memory_order_relaxed);
+            }
+            long seen = atomic_load_explicit(&job->slot[k % p->slots], memory_order_relaxed);
+            r = r * 1103515245u + 12345u;
+            pause_for((r >> 16) % 64);
+            seen |= atomic_load_explicit(&job->slot[k % p->slots], memory_order_relaxed) ^ k;
+            if (seen != k)
+                atomic_fetch_add_explicit(&job->bad, 1, memory_order_relaxed);
+        }
+        fastrnn_pipe_close(p);
+        return;
+    }
+    long k;
+    while ((k = fastrnn_pipe_claim(p)) >= 0) {
+        r = r * 1103515245u + 12345u;
+        pause_for((r >> 16) % 48);
+        atomic_store_explicit(&job->slot[k % p->slots], k, memory_order_relaxed);
+        atomic_fetch_add_explicit(&job->projected[k], 1, memory_order_relaxed);
+        fastrnn_pipe_ready(p, k);
+    }
+}
+
+int fastrnn_pipe_selftest(int runs, long chunks, long slots)
+{
+    struct pipe_selftest *job = malloc(sizeof *job);
+    int bad = 0;
+    if (job == NULL)
+        return -1;
+    if (chunks > 256)
+        chunks = 256;
+    for (int run = 0; run < runs; ++run) {
+        fastrnn_pipe_init(&job->pipe, chunks, slots);
+        for (int i = 0; i < FASTRNN_PIPE_SLOTS; ++i)
+            atomic_init(&job->slot[i], -1);
+        for (int i = 0; i < 256; ++i)
+            atomic_init(&job->projected[i], 0);
+        job->stop = run % 3 == 2 ? chunks * 2 / 3 : chunks;
+        job->seed = (unsigned)run;
+        atomic_init(&job->bad, 0);
+        fastrnn_parallel(2, pipe_selftest_task, job);
+        bad += atomic_load(&job->bad);
+        for (long k = 0; k < chunks; ++k) {
+            int n = atomic_load(&job->projected[k]);
+            bad += k < job->stop ? n != 1 : n > 1;
+        }
+    }
     free(job);
     return bad;
 }

@@ -99,6 +99,17 @@ cdef extern from "fastrnn_threads.h" nogil:
     void fastrnn_barrier_init(fastrnn_barrier *b)
     void fastrnn_barrier_wait(fastrnn_barrier *b, int t, int nt)
     int fastrnn_pool_selftest(int jobs)
+    int fastrnn_pipe_selftest(int runs, long chunks, long slots)
+    ctypedef struct fastrnn_pipe:
+        pass
+    enum: FASTRNN_PIPE_SLOTS
+    void fastrnn_pipe_init(fastrnn_pipe *p, long chunks, long slots)
+    int fastrnn_pipe_need(fastrnn_pipe *p, long k)
+    void fastrnn_pipe_consumed(fastrnn_pipe *p, long k)
+    void fastrnn_pipe_close(fastrnn_pipe *p)
+    long fastrnn_pipe_claim(fastrnn_pipe *p)
+    void fastrnn_pipe_ready(fastrnn_pipe *p, long k)
+    long fastrnn_pipes_started()
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -402,6 +413,8 @@ cdef struct Seq:
     bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
     const void *bias        # (G*H,) the biases folded into the input projection
     Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk); S when BLAS did all
+    fastrnn_pipe *pipe      # a helper thread projects the input ahead (run_pipe), or NULL
+    Py_ssize_t pipe_steps   # steps of one of the pipe's chunks (chunk is a multiple)
     void *hs
     void *cs
     void *acts
@@ -446,13 +459,14 @@ def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
 
 cdef inline void project_steps(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1,
                                Py_ssize_t s0, Py_ssize_t steps) noexcept nogil:
-    """xproj of rows r0..r1-1 at steps s0..s0+steps-1 (s0 a multiple of q.chunk: ring
-    slots 0..steps-1) := folded biases + x W_ih^T, by the own kernel in one pass (each
+    """xproj of rows r0..r1-1 at steps s0..s0+steps-1 (ring slots s0 % q.chunk onwards,
+    which must not wrap around) := folded biases + x W_ih^T, by the own kernel in one pass (each
     panel of W_ih^T stays in cache while the rows pass). The biases are written first and
     the product adds to them: adding them in the product's store instead (no separate
     pass) measured slower, 72 vs 68 ms for LSTM (100, 64, 256, 256) inference, one thread:
     the stores then missed the cache."""
     cdef Py_ssize_t B = q.B, GH = q.GH, I = q.n_in, rows = r1 - r0, s
+    xproj += (s0 % q.chunk) * B * GH
     for s in range(steps):
         fill_rows(rows, GH, <const floating *> q.bias, xproj + (s * B + r0) * GH)
     if floating is float:
@@ -513,8 +527,15 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     # still in cache when its steps read it (the whole sequence's projection at (T, B, H) =
     # (100, 64, 1024 gate columns) is 26 MB: written, then read back from memory)
     cdef Py_ssize_t chunk = q.chunk
+    cdef Py_ssize_t c = q.pipe_steps
     for s in range(q.S):
-        if q.ipk != NULL and s % chunk == 0:
+        if q.pipe != NULL:
+            if s % c == 0:  # chunk s / c: from the helper, or projected here if not claimed
+                if s > 0:
+                    fastrnn_pipe_consumed(q.pipe, s // c - 1)
+                if fastrnn_pipe_need(q.pipe, s // c):
+                    project_steps(q, xproj, r0, r1, s, min(c, q.S - s))
+        elif q.ipk != NULL and s % chunk == 0:
             project_steps(q, xproj, r0, r1, s, min(chunk, q.S - s))
         # rows of this range still running at step s (a prefix: rows are longest first)
         while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
@@ -584,6 +605,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             if training:
                 zero_saved_rows(q, hs, s, r0 + n, r1)
         steps = s + 1
+    if q.pipe != NULL:
+        fastrnn_pipe_close(q.pipe)
     # steps after every row of the range has finished
     for s in range(steps, q.S):
         memset(yc + (s * B + r0) * P, 0, rows * P * sizeof(floating))
@@ -971,6 +994,77 @@ cdef void run_rows(const Seq *q, floating *buf, bint backward, const int64_t *bo
     fastrnn_parallel(nt, row_task, &job)
 
 
+# The input projection on a helper thread
+# ---------------------------------------------------------------------------------------
+#
+# A call whose time loop runs on one thread (a batch of one row whose steps are too small to
+# share by units, or a few rows) leaves the second core idle while the loop also projects
+# the input. The helper projects chunks of steps ahead of the loop into the ring instead, so
+# that the loop does only the recurrence; whichever thread claims a chunk first projects it
+# (fastrnn_threads.h), with the same operations as the loop would: the same numbers.
+
+# Multiply-adds of input projection in one pipe chunk: the chunk's rows pass W_ih^T (from
+# the helper's cache) in one product, and the loop's first chunk is done before the helper
+# is far along.
+DEF PIPE_CHUNK_MACS = 65536
+
+
+cdef inline Py_ssize_t pipe_steps(Py_ssize_t B, Py_ssize_t I, Py_ssize_t GH,
+                                  Py_ssize_t ring) noexcept nogil:
+    """Steps of a pipe chunk (at least a 6-row tile of the product), or 0 when the ring
+    cannot hold two chunks."""
+    cdef Py_ssize_t c = max((6 + B - 1) // B, PIPE_CHUNK_MACS // max(1, B * I * GH))
+    return c if 2 * c <= ring else 0
+
+
+cdef struct PipeJob:
+    const Seq *q
+    void *buf
+    bint double
+
+
+cdef void pipe_help(const Seq *q, floating *xproj) noexcept nogil:
+    """The helper's side: project every chunk it can claim, each into its ring slot."""
+    cdef long k
+    cdef Py_ssize_t c = q.pipe_steps
+    while True:
+        k = fastrnn_pipe_claim(q.pipe)
+        if k < 0:
+            return
+        project_steps(q, xproj, 0, q.B, k * c, min(c, q.S - k * c))
+        fastrnn_pipe_ready(q.pipe, k)
+
+
+cdef void pipe_task(void *ctx, int t, int nt) noexcept nogil:
+    """Share 0 runs the time loop, share 1 helps with the projection; denormals flushed on
+    both (a chunk's numbers must not depend on who projects it)."""
+    cdef const PipeJob *job = <const PipeJob *> ctx
+    cdef unsigned csr = fastrnn_denormals_flush()
+    if t == 0 and job.double:
+        forward_rows(job.q, <double *> job.buf, 0, job.q.B)
+    elif t == 0:
+        forward_rows(job.q, <float *> job.buf, 0, job.q.B)
+    elif job.double:
+        pipe_help(job.q, <double *> job.buf)
+    else:
+        pipe_help(job.q, <float *> job.buf)
+    fastrnn_denormals_restore(csr)
+
+
+cdef void run_pipe(Seq *q, floating *xproj) noexcept nogil:
+    """All rows on one thread, their input projection a chunk ahead on another. When the
+    pool is busy, share 0 runs first and alone: it projects every chunk, and share 1 then
+    finds none left."""
+    cdef fastrnn_pipe pipe
+    cdef PipeJob job
+    fastrnn_pipe_init(&pipe, (q.S + q.pipe_steps - 1) // q.pipe_steps,
+                      q.chunk // q.pipe_steps)
+    q.pipe = &pipe
+    job.q, job.buf, job.double = q, xproj, floating is double
+    fastrnn_parallel(2, pipe_task, &job)
+    q.pipe = NULL
+
+
 cdef struct WGrad:
     # The whole-sequence products of one backward() call (own-kernel path), shapes as there.
     int cell
@@ -1117,6 +1211,8 @@ def forward(int cell,
             cnp.ndarray order,                  # IN   (B,) rows, longest first
             cnp.ndarray bounds,                 # IN   (threads + 1,) row ranges, one a thread
             int unit_threads,                   # IN   threads sharing a batch-1 step by units
+            bint helper,                        # IN   a second thread may project the input
+                                                #      ahead of a one-range time loop
             cnp.ndarray yc,                     # OUT  (S, B, P) compact output, zero past length
             cnp.ndarray h_n,                    # OUT  (B, P) user row order
             cnp.ndarray c_n,                    # OUT  (B, H) LSTM; (0, H) otherwise
@@ -1195,6 +1291,7 @@ def forward(int cell,
     q.dgh = q.dhs = NULL
     q.xc, q.n_in, q.ipk, q.bias, q.w_ih = xc_, I, ipk, bias, w_ih_
     q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
+    q.pipe, q.pipe_steps = NULL, 0
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
@@ -1204,6 +1301,11 @@ def forward(int cell,
         if pk != NULL and cell == GRU_B:
             pk_n = pk + packed_size(H, 2 * H, floating is double)
         q.pk, q.pk_n = pk, pk_n
+        if helper and nt == 1 and ipk != NULL and not units_apply(&q, unit_threads):
+            q.pipe_steps = pipe_steps(B, I, GH, q.chunk)
+        if q.pipe_steps > 0:
+            # the ring holds whole chunks, at most FASTRNN_PIPE_SLOTS of them
+            q.chunk = min(q.chunk // q.pipe_steps, FASTRNN_PIPE_SLOTS) * q.pipe_steps
         # the threads of a batch-1 unit split share the packing (forward_units); a caller
         # that keeps workspaces (a stream) marks them packed after this call, so everything
         # is packed here even when no step runs (S == 0)
@@ -1231,6 +1333,8 @@ def forward(int cell,
             # (2) the time loop: row ranges in parallel, or one row's hidden units
             if units_apply(&q, unit_threads):
                 run_units(&q, xproj_, False, unit_threads)
+            elif q.pipe_steps > 0:
+                run_pipe(&q, xproj_)
             else:
                 run_rows(&q, xproj_, False, bounds_, nt)
         # final state of each row: the state after its own last step
@@ -1345,6 +1449,7 @@ def backward(int cell,
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
     q.xc, q.n_in, q.ipk, q.bias = dxc_, I, ipk, NULL  # xc: dX out, by row range
     q.chunk = 0  # no input projection here
+    q.pipe, q.pipe_steps = NULL, 0
     q.hs, q.cs, q.acts, q.hraw = <void *> hs_, <void *> cs_, <void *> acts_, <void *> hraw_
     q.work, q.yc, q.dgh, q.dhs = work_, <void *> dyc_, dgh_, dhs_
     wg.cell, wg.proj, wg.SB, wg.H, wg.P, wg.GH, wg.n_in = cell, proj, SB, H, P, GH, I
@@ -1476,3 +1581,21 @@ def pool_selftest(int jobs):
     if bad < 0:
         raise MemoryError()
     return bad
+
+
+def pipe_selftest(int runs, long chunks, long slots):
+    """Run `runs` pipes of `chunks` chunks (<= 256) over `slots` ring slots between a loop and
+    a helper thread; returns the anomalies (chunks projected other than once, slots
+    overwritten while read): 0 when the pipe is sound."""
+    cdef int bad
+    with nogil:
+        bad = fastrnn_pipe_selftest(runs, chunks, slots)
+    if bad < 0:
+        raise MemoryError()
+    return bad
+
+
+def pipes_started():
+    """How many calls so far had a helper thread project their input (the tests' proof that
+    a configuration takes that path)."""
+    return fastrnn_pipes_started()

@@ -249,12 +249,18 @@ def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
 
 
 @functools.lru_cache(maxsize=256)
-def _full_length_split(S: int, B: int, macs_per_token: int, macs_per_step: int, threads: int):
-    """row_bounds and unit_threads of a batch without `lengths` (threads: the current
-    setting, part of the key)."""
+def _full_length_split(S: int, B: int, I: int, GH: int, P: int, threads: int):
+    """row_bounds, unit_threads and projection_helper of a batch without `lengths`
+    (threads: the current setting, part of the key)."""
     lens, order = _full_lengths(S, B)
-    bounds = _threads.row_bounds(lens, order, S, macs_per_token)
-    return bounds, _threads.unit_threads(B, S, macs_per_step)
+    return _split(lens, order, S, B, I, GH, P)
+
+
+def _split(lens, order, S: int, B: int, I: int, GH: int, P: int):
+    """How a call's time loop is shared among threads (_threads)."""
+    bounds = _threads.row_bounds(lens, order, S, GH * (P + I))
+    unit_threads = _threads.unit_threads(B, S, GH * P)
+    return bounds, unit_threads, _threads.projection_helper(bounds, unit_threads, S * B * GH * I)
 
 
 def forward(
@@ -312,18 +318,17 @@ def forward(
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     packed = buffer.holds(params, (wpack, ipack))
     if lengths is None:
-        bounds, unit_threads = _full_length_split(
-            S, B, G * H * (P + I), G * H * P, _threads.get_num_threads()
+        bounds, unit_threads, helper = _full_length_split(
+            S, B, I, G * H, P, _threads.get_num_threads()
         )
     else:
-        bounds = _threads.row_bounds(lens, order, S, G * H * (P + I))
-        unit_threads = _threads.unit_threads(B, S, G * H * P)
+        bounds, unit_threads, helper = _split(lens, order, S, B, I, G * H, P)
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
-        h0, c0, lens, order, bounds, unit_threads, yc, h_n, c_n, xproj, hs, cs, acts, hraw,
-        work, wpack, ipack,
+        h0, c0, lens, order, bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts,
+        hraw, work, wpack, ipack,
     )  # fmt: skip
 
     if buffer.ws is None:  # internal arrays no result refers to; a tape keeps its own

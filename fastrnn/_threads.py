@@ -3,7 +3,8 @@
 The rows of a batch never interact, so each thread runs the whole time loop of a contiguous
 range of rows, with no barrier between steps; ranges are balanced by their real tokens. A
 batch of one row instead shares each step by hidden units, with a barrier once a step
-(`unit_threads`). Results are bit-identical for any thread count. BLAS (the whole-sequence
+(`unit_threads`); a time loop left on one thread gets a second one projecting its input
+ahead (`projection_helper`). Results are bit-identical for any thread count. BLAS (the whole-sequence
 products at batch > 128) keeps its own thread setting: control it with threadpoolctl.
 """
 
@@ -63,6 +64,22 @@ def unit_threads(batch: int, steps: int, macs_per_step: int) -> int:
     ):
         return 1
     return _num_threads
+
+
+# A time loop left on one thread (see unit_threads; a batch too small for row ranges) can
+# have a second thread project its input a few steps ahead (the kernel's "pipe"). Below this
+# many multiply-adds of projection the helper's wake-up is not worth it.
+_MIN_HELPER_WORK = 1_000_000
+
+
+def projection_helper(bounds: np.ndarray, unit_threads: int, projection_macs: int) -> bool:
+    """Whether a second thread projects the input ahead of a one-range time loop."""
+    return (
+        _num_threads > 1
+        and unit_threads <= 1
+        and bounds.shape[0] == 2
+        and projection_macs >= _MIN_HELPER_WORK
+    )
 
 
 def product_threads(macs: int) -> int:

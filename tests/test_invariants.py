@@ -384,6 +384,71 @@ def test_batch_one_split_from_two_threads_at_once(unit_threads):
             np.testing.assert_array_equal(got[k][r], want[k])
 
 
+@pytest.fixture
+def pipe_threads():
+    """Set the thread count for one test (restored after), with every call's time loop on
+    one thread (row ranges and the unit split out of reach) and a second thread projecting
+    its input ahead, however small the call."""
+    saved = fastrnn.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 1 << 62)
+    mp.setattr(fastrnn._threads, "_MIN_HELPER_WORK", 0)
+    yield fastrnn.set_num_threads
+    mp.undo()
+    fastrnn.set_num_threads(saved)
+
+
+PIPE_CASES = [  # (steps, lengths): 64 inputs and units make pipe chunks of 6-16 steps at batch 1
+    pytest.param(100, [100], id="B1-T100"),
+    pytest.param(1200, [1200], id="B1-T1200-ring-wraps"),
+    pytest.param(300, [300, 0, 170], id="B3-lengths"),
+    pytest.param(40, [0, 25], id="B2-ends-early"),
+]
+
+
+@pytest.mark.parametrize(("steps", "lengths"), PIPE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
+def test_input_projection_on_a_helper_thread_does_not_change_results(
+    cell, dtype, steps, lengths, pipe_threads
+):
+    """A time loop on one thread with its input projected ahead by a second: outputs, states
+    and gradients bit-identical to one thread, and the reference's; the helper really ran."""
+    inputs, hidden, batch = 64, 64, len(lengths)
+    rng = np.random.default_rng(44)
+    kwargs = {"proj_size": 24} if cell == "lstm-proj" else {}
+    cell = cell.removesuffix("-proj")
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=44, **kwargs)
+    out = kwargs.get("proj_size", hidden)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (1, batch, out), dtype, 0.5)
+    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = np.array(lengths) if batch > 1 else None
+    dy = normal(rng, (steps, batch, out), dtype)
+    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    pipe_threads(1)
+    serial = run_model_and_grads(*args)
+    if not kwargs:  # the reference has no LSTM projection (tests/test_torch_parity.py does)
+        y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 1, False, h0, c0, lens)
+        assert_close(serial["y"], y_ref, dtype)
+        assert_close(serial["h_n"], h_ref, dtype)
+    started = fastrnn._kernels.pipes_started()
+    pipe_threads(2)
+    parallel = run_model_and_grads(*args)
+    assert fastrnn._kernels.pipes_started() >= started + 2  # inference and training forward
+    for name, value in serial.items():
+        np.testing.assert_array_equal(parallel[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize(("chunks", "slots"), [(7, 2), (100, 3), (200, 64), (256, 5)])
+def test_projection_pipe_hands_over_every_chunk_once(chunks, slots):
+    """The helper's protocol alone: every chunk projected exactly once, and no ring slot
+    rewritten while the loop reads it, whichever side runs ahead. (Publishing a chunk as
+    ready before writing it showed here as 7800-38000 anomalies in 300 runs.)"""
+    assert fastrnn._kernels.pipe_selftest(300, chunks, slots) == 0
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_parallel_split_at_natural_size(cell):
     """A problem big enough to split without lowering the cut-off: 2 threads equal 1."""
