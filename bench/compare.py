@@ -28,11 +28,14 @@ training (fastrnn and torch): forward and backward of a fixed dy, input gradient
 Threads. Per thread count n: threadpoolctl.threadpool_limits(n) (BLAS and OpenMP pools),
 torch.set_num_threads(n), ORT intra_op_num_threads=n and inter_op_num_threads=1.
 
-Timing. Per case and framework: a warm-up (the first call, then calls for a tenth of the
-time cap), then up to --repeat timed calls with gc off, stopping at the time cap once 3
-samples are in. Reported: the median in ms, the ratio peer/fastrnn (> 1: fastrnn is
-faster) and fastrnn's GFLOP/s, counting only GEMM flops (input projection
-2*T*B*I*G*H plus recurrent 2*T*B*H*G*H for inference, 3x that for a training step).
+Timing. Per case, the frameworks (and the GEMM-only baseline) take turns, 3 rounds; each
+turn: a 0.3 s pause (other frameworks' spinning threads go to sleep), a warm-up (the first
+call, then calls for a tenth of the time cap), then a third of up to --repeat timed calls
+with gc off, the turn stopping at a third of the time cap once it has a sample. Turns put a
+slow spell of a shared machine on every framework of the case instead of one. Reported: the
+median in ms, the ratio peer/fastrnn (> 1: fastrnn is faster) and fastrnn's GFLOP/s, counting
+only GEMM flops (input projection 2*T*B*I*G*H plus recurrent 2*T*B*H*G*H for inference, 3x
+that for a training step).
 
 GEMM-only baseline. In the same run, the time the step's GEMMs alone take through the
 BLAS that fastrnn calls (scipy's, via scipy.linalg.blas.sgemm into preallocated outputs):
@@ -82,7 +85,6 @@ from scipy.linalg.blas import sgemm
 import fastrnn
 
 QUICK_SHAPES = ((100, 1, 64, 64), (100, 16, 128, 128))
-MIN_SAMPLES = 3
 WARMUP_FRACTION = 0.1  # of the time cap
 AGREEMENT_ATOL = 1e-3  # a peer whose output differs more is reported
 SCALING_SHAPES = ((100, 64, 256, 256), (50, 64, 512, 512))
@@ -298,28 +300,52 @@ def gemm_step(cell, shape, mode, seed=2):
 SETTLE_SECONDS = 0.3
 
 
-def time_calls(fn, repeat, max_time):
-    """Seconds per call: settle, warm up, then up to `repeat` calls, capped at max_time."""
-    time.sleep(SETTLE_SECONDS)
+# The frameworks of a case take turns, this many rounds each: a slow spell of a shared
+# machine (seconds long, on this project's VMs) then falls on every framework of the case
+# rather than on whichever was being timed, and the ratios stay comparable.
+ROUNDS = 3
+
+
+def _warm(fn, seconds: float) -> None:
+    """Call fn for `seconds` (at least once): its threads awake, its caches and the core's
+    clock back up after the pause before a turn (a turn timed straight after the pause read
+    fastrnn's 2-thread LSTM (100, 16, 128, 128) 2.6-3.7 ms, against 2.3-2.4 warm)."""
+    until = time.perf_counter() + seconds
     fn()
-    warm_until = time.perf_counter() + WARMUP_FRACTION * max_time
-    while time.perf_counter() < warm_until:
+    while time.perf_counter() < until:
         fn()
-    samples = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        deadline = time.perf_counter() + max_time
-        while len(samples) < repeat:
-            start = time.perf_counter()
-            fn()
-            end = time.perf_counter()
-            samples.append(end - start)
-            if end > deadline and len(samples) >= min(MIN_SAMPLES, repeat):
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+
+
+def time_calls(fns: dict, repeat: int, max_time: float) -> dict:
+    """Seconds per call of each callable in `fns`, timed in turns.
+
+    ROUNDS rounds; in each, every callable takes a turn: a pause (SETTLE_SECONDS), a warm-up
+    (its first call, then calls for WARMUP_FRACTION of the time cap), then its share of up to
+    `repeat` timed calls, repeat / ROUNDS a turn, stopping at max_time / ROUNDS seconds once
+    the turn has a sample. Garbage collection is off while timing.
+    """
+    samples = {name: [] for name in fns}
+    for r in range(ROUNDS):
+        goal = -(-repeat * (r + 1) // ROUNDS)  # ceil: all `repeat` by the last round
+        for name, fn in fns.items():
+            time.sleep(SETTLE_SECONDS)
+            _warm(fn, WARMUP_FRACTION * max_time)
+            taken = samples[name]
+            first = len(taken)
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                deadline = time.perf_counter() + max_time / ROUNDS
+                while len(taken) < goal:
+                    start = time.perf_counter()
+                    fn()
+                    end = time.perf_counter()
+                    taken.append(end - start)
+                    if end > deadline and len(taken) > first:
+                        break
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
     return samples
 
 
@@ -393,10 +419,10 @@ def case_steps(mode, model, module, torch, session, x, dy) -> dict:
 
 def measure_case(cell, shape, mode, threads, steps, args) -> dict:
     """Time every framework and the GEMM-only baseline of one case; derive the ratios."""
-    times = {
-        name: summarize(time_calls(fn, args.repeat, args.max_time)) for name, fn in steps.items()
-    }
-    gemm = summarize(time_calls(gemm_step(cell, shape, mode), args.repeat, args.max_time))
+    samples = time_calls({**steps, "gemm": gemm_step(cell, shape, mode)}, args.repeat,
+                         args.max_time)  # fmt: skip
+    gemm = summarize(samples.pop("gemm"))
+    times = {name: summarize(taken) for name, taken in samples.items()}
     fr_ms = times["fastrnn"]["median_ms"]
     flops = common.gemm_flops(cell, shape, mode)
     return {
