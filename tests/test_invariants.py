@@ -441,6 +441,35 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
 
 
+def test_helper_thread_from_two_threads_at_once(pipe_threads):
+    """Two Python threads calling at once: one finds the pool busy and runs its loop and
+    then the helper's share on its own thread (the loop projects every chunk, the helper
+    finds none left); both agree with a serial call, and nothing hangs."""
+    import threading
+
+    rng = np.random.default_rng(45)
+    model = make_model("lstm", 64, 64, dtype=np.float32, seed=45)
+    xs = [normal(rng, (300, 1, 64), np.float32) for _ in range(2)]
+    pipe_threads(1)
+    want = [model(x)[0] for x in xs]
+    pipe_threads(2)
+    got = [[None] * 30, [None] * 30]
+
+    def run(k):
+        for r in range(30):
+            got[k][r] = model(xs[k])[0]
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a call with a helper thread hung"
+    for k in range(2):
+        for r in range(30):
+            np.testing.assert_array_equal(got[k][r], want[k])
+
+
 @pytest.mark.parametrize(("chunks", "slots"), [(7, 2), (100, 3), (200, 64), (256, 5)])
 def test_projection_pipe_hands_over_every_chunk_once(chunks, slots):
     """The helper's protocol alone: every chunk projected exactly once, and no ring slot
