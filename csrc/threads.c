@@ -238,7 +238,10 @@ static void relax(unsigned *spins)
 
 static atomic_long pipes_started; /* for the tests: proof that a call took the pipe */
 
-long fastrnn_pipes_started(void) { return atomic_load_explicit(&pipes_started, memory_order_relaxed); }
+long fastrnn_pipes_started(void)
+{
+    return atomic_load_explicit(&pipes_started, memory_order_relaxed);
+}
 
 void fastrnn_pipe_init(fastrnn_pipe *p, long chunks, long slots)
 {
