@@ -381,6 +381,13 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
                     arow[r] = apack + (m0 / 4) * KC * 4 + r;
                     crow[r] = c + (m0 + r) * ldc;
                 }
+                /* the next tile's rows of C, a tile ahead: C (M x N) is read and written once
+                   per K chunk and is larger than L2 for the weight gradients (dW_ih of an
+                   LSTM with I = H = 512 is 4 MiB), and a tile asks for its C only after its
+                   K loop, too late for the core to reorder the misses under the FMAs */
+                for (ptrdiff_t m = m0 + 4; m < m0 + 8 && m < M; ++m)
+                    for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
+                        __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
                 ptrdiff_t K = kn;
                 switch (R) {
                 case 4: TILE_CASE(4) break;
