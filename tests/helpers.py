@@ -1,8 +1,11 @@
-"""Shared test helpers: the per-dtype tolerance table, model and data makers, finite differences.
+"""Shared test helpers: the per-dtype tolerance table, model and data makers, finite differences,
+and a two-thread runner.
 
 A plain module (tests/ has no __init__.py; pytest puts this directory on sys.path, as for
 reference.py), so test files import it explicitly rather than reaching into conftest.
 """
+
+import threading
 
 import numpy as np
 
@@ -120,3 +123,21 @@ def assert_grads_match(analytic, numeric):
         np.testing.assert_allclose(
             analytic[name], numeric[name], err_msg=f"gradient of {name}", **FD_TOL
         )
+
+
+def run_in_two_threads(call, repeats, what="a call"):
+    """call(0) and call(1), each `repeats` times, on two threads at once: the results,
+    got[k][r]. Fails (rather than hanging) when a thread is still running after 120 s."""
+    got = [[None] * repeats for _ in range(2)]
+
+    def run(k):
+        for r in range(repeats):
+            got[k][r] = call(k)
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), f"{what} hung"
+    return got

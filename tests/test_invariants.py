@@ -4,7 +4,15 @@ stacked = chained single layers, rows independent of their batch and of the thre
 import numpy as np
 import pytest
 import reference as ref
-from helpers import CELLS, DTYPE_IDS, DTYPES, assert_close, make_model, normal
+from helpers import (
+    CELLS,
+    DTYPE_IDS,
+    DTYPES,
+    assert_close,
+    make_model,
+    normal,
+    run_in_two_threads,
+)
 
 import fastrnn
 import fastrnn._threads
@@ -359,26 +367,13 @@ def test_batch_one_split_from_two_threads_at_once(unit_threads):
     """Two Python threads calling at once: one of them finds the pool busy and runs its
     batch-1 step alone (a team job never waits for a share nobody runs); both agree with a
     serial call."""
-    import threading
-
     rng = np.random.default_rng(43)
     model = make_model("lstm", 8, 48, dtype=np.float32, seed=43)
     xs = [normal(rng, (200, 1, 8), np.float32) for _ in range(2)]
     unit_threads(1)
     want = [model(x)[0] for x in xs]
     unit_threads(2)
-    got = [[None] * 20, [None] * 20]
-
-    def run(k):
-        for r in range(20):
-            got[k][r] = model(xs[k])[0]
-
-    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=60)
-    assert not any(w.is_alive() for w in workers), "a batch-1 team job hung"
+    got = run_in_two_threads(lambda k: model(xs[k])[0], 20, "a batch-1 team job")
     for k in range(2):
         for r in range(20):
             np.testing.assert_array_equal(got[k][r], want[k])
@@ -445,26 +440,13 @@ def test_helper_thread_from_two_threads_at_once(pipe_threads):
     """Two Python threads calling at once: one finds the pool busy and runs its loop and
     then the helper's share on its own thread (the loop projects every chunk, the helper
     finds none left); both agree with a serial call, and nothing hangs."""
-    import threading
-
     rng = np.random.default_rng(45)
     model = make_model("lstm", 64, 64, dtype=np.float32, seed=45)
     xs = [normal(rng, (300, 1, 64), np.float32) for _ in range(2)]
     pipe_threads(1)
     want = [model(x)[0] for x in xs]
     pipe_threads(2)
-    got = [[None] * 30, [None] * 30]
-
-    def run(k):
-        for r in range(30):
-            got[k][r] = model(xs[k])[0]
-
-    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=60)
-    assert not any(w.is_alive() for w in workers), "a call with a helper thread hung"
+    got = run_in_two_threads(lambda k: model(xs[k])[0], 30, "a call with a helper thread")
     for k in range(2):
         for r in range(30):
             np.testing.assert_array_equal(got[k][r], want[k])

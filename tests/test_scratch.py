@@ -1,11 +1,9 @@
 """The spare scratch arrays kept between calls: reused, bounded, never shared by two calls."""
 
-import threading
-
 import numpy as np
 import pytest
 import reference
-from helpers import CELLS, assert_close, make_model, normal
+from helpers import CELLS, assert_close, make_model, normal, run_in_two_threads
 
 from fastrnn import _layer
 
@@ -45,28 +43,11 @@ def test_training_from_two_threads_with_shared_spares():
         return g.x, g.params["weight_hh_l0"]
 
     want = [step(k) for k in range(2)]
-    got = _run_in_two_threads(step, 5)
+    got = run_in_two_threads(step, 5)
     for k in range(2):
         for r in range(5):
             for a, b in zip(got[k][r], want[k], strict=True):
                 np.testing.assert_array_equal(a, b)
-
-
-def _run_in_two_threads(call, repeats):
-    """call(0) and call(1), each `repeats` times, on two threads at once: the results."""
-    got = [[None] * repeats for _ in range(2)]
-
-    def run(k):
-        for r in range(repeats):
-            got[k][r] = call(k)
-
-    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=120)
-    assert not any(w.is_alive() for w in workers)
-    return got
 
 
 def _state_dict64(model):
@@ -117,7 +98,7 @@ def test_inference_from_two_threads_at_once():
     model = make_model("gru", 8, 24, dtype=np.float32, seed=63)
     xs = [normal(rng, (30, 1, 8), np.float32) for _ in range(2)]
     want = [model(x) for x in xs]
-    got = _run_in_two_threads(lambda k: model(xs[k]), 200)
+    got = run_in_two_threads(lambda k: model(xs[k]), 200)
     for k in range(2):
         for y, h in got[k]:
             np.testing.assert_array_equal(y, want[k][0])
