@@ -363,22 +363,6 @@ def test_batch_one_split_at_natural_size(cell):
         np.testing.assert_array_equal(g2.params[name], value, err_msg=name)
 
 
-def test_batch_one_split_from_two_threads_at_once(unit_threads):
-    """Two Python threads calling at once: one of them finds the pool busy and runs its
-    batch-1 step alone (a team job never waits for a share nobody runs); both agree with a
-    serial call."""
-    rng = np.random.default_rng(43)
-    model = make_model("lstm", 8, 48, dtype=np.float32, seed=43)
-    xs = [normal(rng, (200, 1, 8), np.float32) for _ in range(2)]
-    unit_threads(1)
-    want = [model(x)[0] for x in xs]
-    unit_threads(2)
-    got = run_in_two_threads(lambda k: model(xs[k])[0], 20, "a batch-1 team job")
-    for k in range(2):
-        for r in range(20):
-            np.testing.assert_array_equal(got[k][r], want[k])
-
-
 @pytest.fixture
 def pipe_threads():
     """Set the thread count for one test (restored after), with every call's time loop on
@@ -436,19 +420,28 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
 
 
-def test_helper_thread_from_two_threads_at_once(pipe_threads):
-    """Two Python threads calling at once: one finds the pool busy and runs its loop and
-    then the helper's share on its own thread (the loop projects every chunk, the helper
-    finds none left); both agree with a serial call, and nothing hangs."""
-    rng = np.random.default_rng(45)
-    model = make_model("lstm", 64, 64, dtype=np.float32, seed=45)
-    xs = [normal(rng, (300, 1, 64), np.float32) for _ in range(2)]
-    pipe_threads(1)
+@pytest.mark.parametrize(
+    ("policy", "inputs", "hidden", "steps", "calls", "seed"),
+    [
+        pytest.param("unit_threads", 8, 48, 200, 20, 43, id="unit-split"),
+        pytest.param("pipe_threads", 64, 64, 300, 30, 45, id="helper-thread"),
+    ],
+)
+def test_batch_one_from_two_threads_at_once(request, policy, inputs, hidden, steps, calls, seed):
+    """Two Python threads calling at once: one of them finds the pool busy and runs its call
+    alone (a unit-split team job never waits for a share nobody runs; with the helper, the
+    loop projects every chunk and the helper's share then finds none left); both agree with
+    a serial call, and nothing hangs."""
+    set_threads = request.getfixturevalue(policy)
+    rng = np.random.default_rng(seed)
+    model = make_model("lstm", inputs, hidden, dtype=np.float32, seed=seed)
+    xs = [normal(rng, (steps, 1, inputs), np.float32) for _ in range(2)]
+    set_threads(1)
     want = [model(x)[0] for x in xs]
-    pipe_threads(2)
-    got = run_in_two_threads(lambda k: model(xs[k])[0], 30, "a call with a helper thread")
+    set_threads(2)
+    got = run_in_two_threads(lambda k: model(xs[k])[0], calls, f"a call ({policy})")
     for k in range(2):
-        for r in range(30):
+        for r in range(calls):
             np.testing.assert_array_equal(got[k][r], want[k])
 
 
