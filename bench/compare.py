@@ -21,7 +21,10 @@ legacy TorchScript exporter, which emits ONNX's RNN/LSTM/GRU operators, else the
 exporter). A peer that is not installed or fails to export is skipped, saying why. Each
 peer's inference output is checked once against fastrnn's (max abs difference).
 
-Modes. inference: fastrnn ``model(x)``; torch under ``no_grad``; ORT ``session.run``.
+Modes. inference: fastrnn ``model(x)`` on a frozen copy of the model (``freeze()``: read-only
+parameters, kept packed between calls, as an ORT session keeps its weights), and on the live
+model too ("fastrnn_live", which packs the weights on every call: its parameters may change
+in place; column "live ms"); torch under ``no_grad``; ORT ``session.run``.
 training (fastrnn and torch): forward and backward of a fixed dy, input gradient included
 (torch: backward of ``(y * dy).sum()`` with x requiring grad, gradients reset each step).
 
@@ -390,10 +393,10 @@ def prepare_onnx(peers, module, cell, shape, x, directory, notes):
     return path, {"exporter": exporter, "op_types": ops}
 
 
-def output_agreement(model, module, torch, session, x) -> dict:
-    """Max abs difference of each peer's inference y to fastrnn's."""
-    y, _ = model(x)
-    diffs = {}
+def output_agreement(model, frozen, module, torch, session, x) -> dict:
+    """Max abs difference of each peer's inference y (and the live model's) to fastrnn's."""
+    y, _ = frozen(x)
+    diffs = {"fastrnn_live": float(np.max(np.abs(model(x)[0] - y)))}
     if module is not None:
         with torch.no_grad():
             diffs["torch"] = float(np.max(np.abs(module(torch.from_numpy(x))[0].numpy() - y)))
@@ -402,10 +405,13 @@ def output_agreement(model, module, torch, session, x) -> dict:
     return diffs
 
 
-def case_steps(mode, model, module, torch, session, x, dy) -> dict:
+def case_steps(mode, model, frozen, module, torch, session, x, dy) -> dict:
     """The timed callables of one case, fastrnn first."""
     if mode == "inference":
-        steps = {"fastrnn": common.fastrnn_inference(model, x)}
+        steps = {
+            "fastrnn": common.fastrnn_inference(frozen, x),
+            "fastrnn_live": common.fastrnn_inference(model, x),
+        }
         if module is not None:
             steps["torch"] = common.torch_inference(torch, module, x)
         if session is not None:
@@ -444,6 +450,7 @@ def measure_cell_shape(cell, shape, args, peers, directory, notes):
     """Every (threads, mode) case of one cell and shape, and the peers' output agreement."""
     T, B, I, H = shape  # noqa: E741
     model = common.make_fastrnn(cell, I, H)
+    frozen = common.make_fastrnn(cell, I, H).freeze()
     x, dy = common.make_data(shape, H)
     torch = peers.torch
     module = common.make_torch(torch, cell, model) if torch is not None else None
@@ -453,9 +460,9 @@ def measure_cell_shape(cell, shape, args, peers, directory, notes):
         with common.thread_limits(threads, torch):
             session = ort_session(peers.ort, onnx_path, threads) if onnx_path else None
             if agreement is None:
-                agreement = output_agreement(model, module, torch, session, x)
+                agreement = output_agreement(model, frozen, module, torch, session, x)
             for mode in args.modes:
-                steps = case_steps(mode, model, module, torch, session, x, dy)
+                steps = case_steps(mode, model, frozen, module, torch, session, x, dy)
                 cases.append(measure_case(cell, shape, mode, threads, steps, args))
                 print(".", end="", file=sys.stderr, flush=True)
     info = {"cell": cell, "shape": list(shape), "max_abs_diff": agreement, "onnx": export}
@@ -805,6 +812,7 @@ def table_rows(cases, memory) -> list:
                 common.shape_id(c["shape"]),
                 c["threads"],
                 _ms(_fr_ms(c)),
+                _ms(_peer_ms(c, "fastrnn_live")),
                 _ms(_peer_ms(c, "torch")),
                 _ms(_peer_ms(c, "onnxruntime")),
                 _num(c["ratios"].get("torch")),
@@ -826,6 +834,7 @@ TABLE_HEADERS = [
     "shape",
     "thr",
     "fastrnn ms",
+    "live ms",
     "torch ms",
     "ort ms",
     "torch/fr",

@@ -9,7 +9,9 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
   torch forward then backward of ``(y * dy).sum()``, with x requiring grad so that both
   compute the input gradient.
 
-A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPE`` in both modes too.
+A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPE`` in both modes too, and
+fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
+weights stay packed between calls), in the same group as "fastrnn-frozen".
 torch benchmarks are skipped when torch is not installed.
 
 Threads: ``FASTRNN_BENCH_THREADS`` (default 1) sets torch.set_num_threads and, through
@@ -72,6 +74,9 @@ def _bench(benchmark, cell, shape, mode, framework, num_layers=1, bidirectional=
     """Benchmark one step and check the shape of what it returns."""
     T, B, I, H = shape  # noqa: E741
     model = common.make_fastrnn(cell, I, H, num_layers, bidirectional)
+    if framework == "fastrnn-frozen":
+        framework = "fastrnn"
+        model.freeze()
     x, dy = common.make_data(shape, common.output_features(model))
     step = _step(framework, mode, cell, model, x, dy)
     benchmark.extra_info.update(
@@ -100,3 +105,10 @@ def test_two_layer_bidirectional(benchmark, cell, mode, framework):
     shape = common.STACKED_SHAPE
     benchmark.group = f"{cell}-{mode}-L2-bidirectional-{common.shape_id(shape)}"
     _bench(benchmark, cell, shape, mode, framework, num_layers=2, bidirectional=True)
+
+
+@pytest.mark.parametrize("shape", common.GRID, ids=common.shape_id)
+@pytest.mark.parametrize("cell", common.CELLS)
+def test_single_layer_frozen_inference(benchmark, cell, shape):
+    benchmark.group = f"{cell}-inference-{common.shape_id(shape)}"
+    _bench(benchmark, cell, shape, "inference", "fastrnn-frozen")

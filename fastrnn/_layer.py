@@ -49,6 +49,7 @@ class LayerWeights:
     b_ih: np.ndarray  # (G*H,)
     b_hh: np.ndarray  # (G*H,)
     w_hr: np.ndarray | None = None  # (P, H) LSTM projection, or None
+    frozen: bool = False  # every array read-only and owning its data (model.freeze())
 
 
 @dataclass
@@ -184,17 +185,19 @@ class _Buffers:
             return self(key, shape)
         return np.empty(shape, self.dtype) if self.ws is not None else _scratch(shape, self.dtype)
 
-    def holds(self, params: tuple, packs: tuple) -> bool:
+    def holds(self, params: tuple, packs: tuple, frozen: bool) -> bool:
         """Whether `packs` already hold `params` packed (same arrays, same pack buffers as
-        the last call); records them for the next call either way. In-place changes to
-        the parameters are not seen: Stream.refresh() says so. Only a stream keeps packed
-        weights: a model's parameters may change in place between calls."""
-        if not self.lends_results:
+        the last call); records them for the next call either way. Kept dicts keep packed
+        weights only for a stream, which does not see in-place changes to the parameters
+        (Stream.refresh() says so), and for frozen parameters, which cannot change: other
+        parameters may change in place between calls."""
+        if self.ws is None:
             return False
-        last = self.ws.get("packed_for")
-        same = last is not None and all(a is b for a, b in zip(last, params + packs, strict=True))
+        last = self.ws.pop("packed_for", None)  # this call packs over it unless it matches
+        if not (self.lends_results or frozen):
+            return False
         self.ws["packed_for"] = params + packs
-        return same
+        return last is not None and all(a is b for a, b in zip(last, params + packs, strict=True))
 
 
 @functools.lru_cache(maxsize=64)
@@ -294,7 +297,9 @@ def forward(
     )
     lends_results = ws is not None
     if ws is None and not training and nbytes <= _WORKSPACE_MAX_BYTES:
-        ws = _thread_workspace((cell, S, B, I, H, P, dtype))
+        # a frozen layer-direction gets its own, so that the layers of a stack (or several
+        # models) of one configuration do not pack over each other's kept weights
+        ws = _thread_workspace((cell, S, B, I, H, P, dtype, weights.frozen and id(weights.w_hh)))
     buffer = _Buffers(None if training else ws, dtype, lends_results, shapes)
     scratch = buffer.scratch
 
@@ -313,10 +318,10 @@ def forward(
     xproj, hs, cs, acts = scratch("xproj"), scratch("hs"), scratch("cs"), scratch("acts")
     work, hraw, wpack, ipack = scratch("work"), scratch("hraw"), scratch("wpack"), scratch("ipack")
     w_hr = weights.w_hr if weights.w_hr is not None else scratch("no_w_hr")
-    # A stream also keeps the packed weights from one call to the next, for as long as the
-    # parameters are the same arrays.
+    # A stream, and a thread calling a frozen model, keep the packed weights from one call
+    # to the next, for as long as the parameters are the same arrays.
     params = (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
-    packed = buffer.holds(params, (wpack, ipack))
+    packed = buffer.holds(params, (wpack, ipack), weights.frozen)
     if lengths is None:
         bounds, unit_threads, helper = _full_length_split(
             S, B, I, G * H, P, _threads.get_num_threads()

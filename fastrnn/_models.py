@@ -8,6 +8,8 @@ dropout product and the sum of the two directions' input gradients are kernels t
 from __future__ import annotations
 
 import functools
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,13 @@ def _param_names(layer: int, direction: int) -> tuple[str, ...]:
     """PyTorch's names of one layer-direction's parameters, in _PARAM_KINDS order."""
     sfx = "_reverse" if direction else ""
     return tuple(f"{kind}_l{layer}{sfx}" for kind in _PARAM_KINDS)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only copy that owns its data: no view of it can write it."""
+    a = a.copy()
+    a.flags.writeable = False
+    return a
 
 
 @dataclass
@@ -67,7 +76,8 @@ class RecurrentModel:
         init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seq)
         self._params: dict[str, np.ndarray] = {}
-        self._zero_bias = np.zeros(self._gate_count * self.hidden_size, self.dtype)
+        self._frozen = False
+        self._zero_bias = _read_only(np.zeros(self._gate_count * self.hidden_size, self.dtype))
         self.reset_parameters(np.random.default_rng(init_seq))
 
     # -- configuration -------------------------------------------------------------------
@@ -124,9 +134,38 @@ class RecurrentModel:
         rng = np.random.default_rng(rng)
         k = 1.0 / np.sqrt(self.hidden_size)
         self._params = {
-            name: rng.uniform(-k, k, size=shape).astype(self.dtype)
+            name: self._owned(rng.uniform(-k, k, size=shape).astype(self.dtype))
             for name, shape in self._param_shapes().items()
         }
+
+    def _owned(self, a: np.ndarray) -> np.ndarray:
+        """A new parameter array as the model keeps it: read-only while frozen."""
+        return _read_only(a) if self._frozen else a
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the parameters are fixed (see freeze)."""
+        return self._frozen
+
+    def freeze(self):
+        """Fix the parameters for inference, as an ONNX Runtime session does; returns self.
+
+        They become read-only arrays that the model owns, so each thread keeps them packed
+        for the kernels from one call to the next instead of packing them on every call,
+        and forward_train needs no private copy of them. Changing one in place then raises
+        ValueError; load_state_dict and reset_parameters still replace them (frozen too).
+        unfreeze() makes them writable again (making the arrays writable by hand is not
+        supported: packed copies of them may be in use).
+        """
+        self._frozen = True
+        self._params = {name: _read_only(value) for name, value in self._params.items()}
+        return self
+
+    def unfreeze(self):
+        """Make the parameters writable again (new arrays); returns self."""
+        self._frozen = False
+        self._params = {name: value.copy() for name, value in self._params.items()}
+        return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of every parameter, keyed and shaped as PyTorch's state_dict()."""
@@ -147,29 +186,32 @@ class RecurrentModel:
                 f"unexpected keys {unknown}, missing keys {missing if strict else []}"
             )
         new = {
-            name: _validate.parameter(name, state_dict[name], shapes[name], self.dtype)
+            name: self._owned(
+                _validate.parameter(name, state_dict[name], shapes[name], self.dtype)
+            )
             for name in shapes
             if name in state_dict
         }
         self._params.update(new)
 
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays (for optimisers that update them in place)."""
-        return self._params
+    def parameters(self) -> Mapping[str, np.ndarray]:
+        """The live parameter arrays (for optimisers that update them in place); a read-only
+        mapping of read-only arrays while the model is frozen."""
+        return types.MappingProxyType(self._params) if self._frozen else self._params
 
     def _weights(self, layer: int, direction: int, snapshot: bool = False):
         """One layer-direction's parameters. With snapshot, private copies of the matrices
         that backward reads, so that updating parameters in place between forward_train and
-        its backward cannot change that pass's gradients."""
+        its backward cannot change that pass's gradients (frozen ones cannot change)."""
         p = self._params
         n_ih, n_hh, n_bih, n_bhh, n_hr = _param_names(layer, direction)
         w_ih, w_hh, w_hr = p[n_ih], p[n_hh], p.get(n_hr)
-        if snapshot:
+        b_ih, b_hh = p.get(n_bih, self._zero_bias), p.get(n_bhh, self._zero_bias)
+        frozen = self._frozen  # every array read-only, owned, and only this class sets them
+        if snapshot and not frozen:
             w_ih, w_hh = w_ih.copy(), w_hh.copy()
             w_hr = None if w_hr is None else w_hr.copy()
-        return _layer.LayerWeights(
-            w_ih, w_hh, p.get(n_bih, self._zero_bias), p.get(n_bhh, self._zero_bias), w_hr
-        )
+        return _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, frozen)
 
     # -- forward -------------------------------------------------------------------------
 
