@@ -26,6 +26,14 @@ def _param_names(layer: int, direction: int) -> tuple[str, ...]:
     return tuple(f"{kind}_l{layer}{sfx}" for kind in _PARAM_KINDS)
 
 
+@functools.lru_cache(maxsize=64)
+def _zeros(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A read-only zero state, shared by calls without h0 (c0): the kernels only read it."""
+    z = np.zeros(shape, dtype)
+    z.flags.writeable = False
+    return z
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     """A read-only copy that owns its data: no view of it can write it."""
     a = a.copy()
@@ -77,6 +85,7 @@ class RecurrentModel:
         self._dropout_rng = np.random.default_rng(dropout_seq)
         self._params: dict[str, np.ndarray] = {}
         self._frozen = False
+        self._frozen_weights: dict = {}  # (layer, direction) -> LayerWeights, while frozen
         self._zero_bias = _read_only(np.zeros(self._gate_count * self.hidden_size, self.dtype))
         self.reset_parameters(np.random.default_rng(init_seq))
 
@@ -133,14 +142,18 @@ class RecurrentModel:
         """PyTorch's initialisation: every parameter uniform in +-1/sqrt(hidden_size)."""
         rng = np.random.default_rng(rng)
         k = 1.0 / np.sqrt(self.hidden_size)
-        self._params = {
-            name: self._owned(rng.uniform(-k, k, size=shape).astype(self.dtype))
-            for name, shape in self._param_shapes().items()
-        }
+        self._set_params(
+            {
+                name: rng.uniform(-k, k, size=shape).astype(self.dtype)
+                for name, shape in self._param_shapes().items()
+            }
+        )
 
-    def _owned(self, a: np.ndarray) -> np.ndarray:
-        """A new parameter array as the model keeps it: read-only while frozen."""
-        return _read_only(a) if self._frozen else a
+    def _set_params(self, params: dict) -> None:
+        """Every parameter at once (the only way they change, bar in-place writes to live
+        ones): read-only copies while frozen."""
+        self._frozen_weights = {}
+        self._params = {k: _read_only(v) for k, v in params.items()} if self._frozen else params
 
     @property
     def frozen(self) -> bool:
@@ -158,13 +171,13 @@ class RecurrentModel:
         supported: packed copies of them may be in use).
         """
         self._frozen = True
-        self._params = {name: _read_only(value) for name, value in self._params.items()}
+        self._set_params(self._params)
         return self
 
     def unfreeze(self):
         """Make the parameters writable again (new arrays); returns self."""
         self._frozen = False
-        self._params = {name: value.copy() for name, value in self._params.items()}
+        self._set_params({name: value.copy() for name, value in self._params.items()})
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -186,13 +199,11 @@ class RecurrentModel:
                 f"unexpected keys {unknown}, missing keys {missing if strict else []}"
             )
         new = {
-            name: self._owned(
-                _validate.parameter(name, state_dict[name], shapes[name], self.dtype)
-            )
+            name: _validate.parameter(name, state_dict[name], shapes[name], self.dtype)
             for name in shapes
             if name in state_dict
         }
-        self._params.update(new)
+        self._set_params({**self._params, **new})
 
     def parameters(self) -> Mapping[str, np.ndarray]:
         """The live parameter arrays (for optimisers that update them in place); a read-only
@@ -203,15 +214,22 @@ class RecurrentModel:
         """One layer-direction's parameters. With snapshot, private copies of the matrices
         that backward reads, so that updating parameters in place between forward_train and
         its backward cannot change that pass's gradients (frozen ones cannot change)."""
+        if self._frozen:  # read-only arrays, set only by _set_params (which clears these)
+            kept = self._frozen_weights.get((layer, direction))
+            if kept is not None:
+                return kept
         p = self._params
         n_ih, n_hh, n_bih, n_bhh, n_hr = _param_names(layer, direction)
         w_ih, w_hh, w_hr = p[n_ih], p[n_hh], p.get(n_hr)
         b_ih, b_hh = p.get(n_bih, self._zero_bias), p.get(n_bhh, self._zero_bias)
-        frozen = self._frozen  # every array read-only, owned, and only this class sets them
-        if snapshot and not frozen:
+        if self._frozen:
+            weights = _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, frozen=True)
+            self._frozen_weights[layer, direction] = weights
+            return weights
+        if snapshot:
             w_ih, w_hh = w_ih.copy(), w_hh.copy()
             w_hr = None if w_hr is None else w_hr.copy()
-        return _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, frozen)
+        return _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
 
     # -- forward -------------------------------------------------------------------------
 
@@ -222,7 +240,7 @@ class RecurrentModel:
         """(h0, c0) as (L*D, B, H) arrays; c0 is None except for LSTM."""
         shape = self._state_shape(batch)
         if hx is None:
-            return np.zeros(shape, self.dtype), None
+            return _zeros(shape, self.dtype), None
         return _validate.state("h0", hx, shape, batched, self.dtype), None
 
     def _present_state(self, h, c, batched):
@@ -236,7 +254,7 @@ class RecurrentModel:
     def _run(self, x, hx, lengths, training):
         xs, batched = _validate.sequence(x, self.input_size, self.batch_first, self.dtype)
         T, B, _ = xs.shape
-        lens = _validate.lengths(lengths, B, T)
+        lens = None if lengths is None else _validate.lengths(lengths, B, T)
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         _validate.blas_sizes(T, B, (self.input_size, D * self._h_size, self._gate_count * H))
         h0, c0 = self._initial_state(hx, B, batched)
@@ -454,7 +472,7 @@ class LSTM(RecurrentModel):
     def _initial_state(self, hx, batch, batched):
         shape, cshape = self._state_shape(batch), self._cell_shape(batch)
         if hx is None:
-            return np.zeros(shape, self.dtype), np.zeros(cshape, self.dtype)
+            return _zeros(shape, self.dtype), _zeros(cshape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(
                 f"LSTM's initial state must be a pair (h0, c0), got {type(hx).__name__}"

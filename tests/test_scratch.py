@@ -127,7 +127,7 @@ def test_small_inference_scratch_is_aligned():
     """A small inference call's per-thread scratch (packed weights among it) is aligned."""
     model = make_model("lstm", 8, 24, dtype=np.float32, seed=64)
     model(np.ones((3, 1, 8), np.float32))
-    kept = _layer._local.workspaces
-    arrays = [a for ws in kept.values() for a in ws.get("arrays", {}).values() if a.size]
+    kept = _layer._local.buffers
+    arrays = [a for b in kept.values() for a in b.ws.get("arrays", {}).values() if a.size]
     assert arrays
     assert all(a.ctypes.data % 64 == 0 for a in arrays)
