@@ -116,6 +116,7 @@ def _scratch(shape: tuple, dtype) -> np.ndarray:
 
 def _release(*arrays: np.ndarray) -> None:
     """Keep large scratch arrays for the next call, within the total budget."""
+    added = False
     for a in arrays:
         if a.nbytes < _SPARE_MIN:
             continue
@@ -123,11 +124,16 @@ def _release(*arrays: np.ndarray) -> None:
         kept = _spare.setdefault(key, [])
         if len(kept) < 2:
             kept.append(a)
-    total = sum(a.nbytes for kept in list(_spare.values()) for a in list(kept))
+            added = True
+    if not added:
+        return
+    # the arrays kept under one key are all of its size
+    sizes = {key: math.prod(key[0]) * key[1].itemsize for key in list(_spare)}
+    total = sum(len(_spare.get(key, ())) * size for key, size in sizes.items())
     for key in list(_spare):  # oldest shapes first
         if total <= _SPARE_BYTES:
             break
-        total -= sum(a.nbytes for a in _spare.pop(key, []))
+        total -= len(_spare.pop(key, ())) * sizes.get(key, 0)
 
 
 # Inference scratch of small calls, kept per thread and per configuration: allocating a
@@ -358,7 +364,7 @@ def forward(
     )  # fmt: skip
 
     if buffer.ws is None:  # internal arrays no result refers to; a tape keeps its own
-        _release(xproj, work, *(() if training else (hs, cs, acts)))
+        _release(xproj, work, wpack, ipack, *(() if training else (hs, cs, acts)))
     if identity:
         y = yc
     else:

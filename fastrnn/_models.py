@@ -122,6 +122,11 @@ class RecurrentModel:
 
     # -- parameters ----------------------------------------------------------------------
 
+    @functools.cached_property
+    def _param_order(self) -> tuple[str, ...]:
+        """Parameter names in state_dict order (the configuration is fixed at construction)."""
+        return tuple(self._param_shapes())
+
     def _param_shapes(self) -> dict[str, tuple]:
         """Names and shapes in PyTorch's state_dict order."""
         GH, P = self._gate_count * self.hidden_size, self._h_size
@@ -382,7 +387,7 @@ class RecurrentModel:
                 else:
                     _kernels.add_into(dx.reshape(-1), dx_layer.reshape(-1))
             g = dx_layer
-        params = {name: params[name] for name in self._param_shapes()}
+        params = {name: params[name] for name in self._param_order}
         return Gradients(
             x=self._present_sequence(g, batched),
             h0=self._present_state(dh0, None, batched),

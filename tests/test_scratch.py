@@ -131,3 +131,28 @@ def test_small_inference_scratch_is_aligned():
     arrays = [a for b in kept.values() for a in b.ws.get("arrays", {}).values() if a.size]
     assert arrays
     assert all(a.ctypes.data % 64 == 0 for a in arrays)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_steps_reuse_their_large_scratch(cell, monkeypatch):
+    """After the first step, a training step takes every large internal array (packed
+    weights among them) from the spares: none is allocated afresh (the pack buffers of
+    forward_train were once dropped, and so faulted in anew, on every step)."""
+    monkeypatch.setattr(_layer, "_spare", {})
+    made = []
+    aligned_empty = _layer._aligned_empty
+    monkeypatch.setattr(
+        _layer, "_aligned_empty", lambda *a: made.append(a) or aligned_empty(*a)
+    )
+    rng = np.random.default_rng(5)
+    model = make_model(cell, 128, 128, dtype=np.float32, seed=5)  # packs of 64 KiB and more
+    x = normal(rng, (20, 1, 128), np.float32)
+    dy = normal(rng, (20, 1, 128), np.float32)
+    counts = []
+    for _ in range(3):
+        _, _, backward = model.forward_train(x)
+        backward(dy)
+        del backward  # the tape's arrays come back as spares
+        counts.append(len(made))
+    assert counts[0] > 0
+    assert counts[2] == counts[1]
