@@ -141,9 +141,7 @@ def test_training_steps_reuse_their_large_scratch(cell, monkeypatch):
     monkeypatch.setattr(_layer, "_spare", {})
     made = []
     aligned_empty = _layer._aligned_empty
-    monkeypatch.setattr(
-        _layer, "_aligned_empty", lambda *a: made.append(a) or aligned_empty(*a)
-    )
+    monkeypatch.setattr(_layer, "_aligned_empty", lambda *a: made.append(a) or aligned_empty(*a))
     rng = np.random.default_rng(5)
     model = make_model(cell, 128, 128, dtype=np.float32, seed=5)  # packs of 64 KiB and more
     x = normal(rng, (20, 1, 128), np.float32)
