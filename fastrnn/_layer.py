@@ -181,14 +181,18 @@ class _Buffers:
             arrays = ws.get("arrays")
             if arrays is None:
                 arrays = ws["arrays"] = {k: _aligned_empty(v, dtype) for k, v in shapes.items()}
-                ws["internal"] = tuple(arrays[k] for k in _INTERNAL)
+                ws["internal"] = (shapes, tuple(arrays[k] for k in _INTERNAL))
             self.scratch = arrays.__getitem__
 
     def internal(self) -> tuple:
-        """The kernel's internal arrays, in _INTERNAL order."""
-        if self.ws is not None and not self.lends_results:
-            return self.ws["internal"]
-        return tuple(self.scratch(k) for k in _INTERNAL)
+        """The kernel's internal arrays, in _INTERNAL order: one lookup in a kept dict
+        while the shapes are the same (_forward_shapes gives one dict per configuration)."""
+        if self.ws is None:
+            return tuple(self.scratch(k) for k in _INTERNAL)
+        kept = self.ws.get("internal")
+        if kept is None or kept[0] is not self.shapes:
+            kept = self.ws["internal"] = (self.shapes, tuple(self.scratch(k) for k in _INTERNAL))
+        return kept[1]
 
     def scratch(self, key: str) -> np.ndarray:
         """The internal array `key` of the configuration's shapes."""
@@ -329,7 +333,12 @@ def forward(
         )
     if buffer is None:
         shapes, _ = _forward_shapes(cell, S, B, I, H, P, dtype, training, proj)
-        buffer = _Buffers(None if training else ws, dtype, ws is not None, shapes)
+        if ws is not None and not training:  # a stream's, kept while its chunks' shape is
+            buffer = ws.get("buffers")
+            if buffer is None or buffer.shapes is not shapes:
+                buffer = ws["buffers"] = _Buffers(ws, dtype, True, shapes)
+        else:
+            buffer = _Buffers(None, dtype, False, shapes)
     shapes, scratch = buffer.shapes, buffer.scratch
 
     if identity:
