@@ -877,6 +877,12 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
     cdef floating *dgh
     cdef Py_ssize_t k
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
+    unit_range(I, t, nt, <floating> 0, &i0, &i1)
+    if q.pack_units:
+        # the columns of W_hh's and W_ih's packs that this thread alone reads (its units of
+        # dh_prev, its columns of dX): packed here, in parallel, with no barrier
+        pack_cols(GH, H, j0, j1, False, <const floating *> q.w_hh, H, <floating *> q.pk)
+        pack_cols(GH, I, i0, i1, False, <const floating *> q.w_ih, I, <floating *> q.ipk)
     for s in range(S - 1, -1, -1):
         dg = dgx + s * GH
         dgh = <floating *> q.dgh + s * H
@@ -918,7 +924,6 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
             gemm_cols(1, j0, j1, GH, dg, GH, pk, ps, False, dh, H)
     # this thread's columns of dX = dG W_ih, every step (needs every thread's dG)
     fastrnn_barrier_wait(barrier, t, nt)
-    unit_range(I, t, nt, <floating> 0, &i0, &i1)
     gemm_cols(S, i0, i1, GH, dgx, GH, <const floating *> q.ipk, GH * panel(<floating> 0),
               False, <floating *> q.xc, I)
 
@@ -1447,7 +1452,7 @@ def backward(int cell,
     q.w_hh, q.w_hr, q.b_hh = w_hh_, w_hr_ if proj else NULL, NULL
     q.pk, q.pk_n = pk, NULL
     q.panel_stride = GH * panel(<floating> 0)  # W_hh has K = G*H rows
-    q.xc, q.n_in, q.ipk, q.bias = dxc_, I, ipk, NULL  # xc: dX out, by row range
+    q.xc, q.n_in, q.ipk, q.bias, q.w_ih = dxc_, I, ipk, NULL, w_ih_  # xc: dX out, by row range
     q.chunk = 0  # no input projection here
     q.pipe, q.pipe_steps = NULL, 0
     q.hs, q.cs, q.acts, q.hraw = <void *> hs_, <void *> cs_, <void *> acts_, <void *> hraw_
@@ -1457,17 +1462,20 @@ def backward(int cell,
     wg.acts, wg.dhs, wg.hraw = acts_, dhs_, hraw_
     wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
     wg.dw_hr = dw_hr_
+    # the unit-split threads pack the columns they read themselves, in parallel
+    q.pack_units = units_apply(&q, unit_threads)
     with nogil:
-        memset(dw_ih_, 0, GH * I * sizeof(floating))
-        memset(dw_hh_, 0, GH * P * sizeof(floating))
-        memset(&db_ih[0], 0, GH * sizeof(floating))
-        memset(db_hh_, 0, GH * sizeof(floating))
-        if proj:
-            memset(dw_hr_, 0, P * H * sizeof(floating))
+        if S == 0 or B == 0:  # otherwise the products below write every gradient
+            memset(dw_ih_, 0, GH * I * sizeof(floating))
+            memset(dw_hh_, 0, GH * P * sizeof(floating))
+            memset(&db_ih[0], 0, GH * sizeof(floating))
+            memset(db_hh_, 0, GH * sizeof(floating))
+            if proj:
+                memset(dw_hr_, 0, P * H * sizeof(floating))
         if B > 0:
-            if pk != NULL:
+            if pk != NULL and not q.pack_units:
                 pack(GH, P, False, w_hh_, P, pk)
-            if ipk != NULL:
+            if ipk != NULL and not q.pack_units:
                 pack(GH, I, False, w_ih_, I, ipk)
             for j in range(B):
                 memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
