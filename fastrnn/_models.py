@@ -156,9 +156,12 @@ class RecurrentModel:
 
     def _set_params(self, params: dict) -> None:
         """Every parameter at once (the only way they change, bar in-place writes to live
-        ones): read-only copies while frozen."""
+        ones): read-only copies while frozen. The dict stays the same object, so that a
+        parameters() mapping held by the caller (an optimiser's) sees the new arrays."""
+        new = {k: _read_only(v) for k, v in params.items()} if self._frozen else dict(params)
         self._frozen_weights = {}
-        self._params = {k: _read_only(v) for k, v in params.items()} if self._frozen else params
+        self._params.clear()
+        self._params.update(new)
 
     @property
     def frozen(self) -> bool:
@@ -176,7 +179,8 @@ class RecurrentModel:
         supported: packed copies of them may be in use).
         """
         self._frozen = True
-        self._set_params(self._params)
+        live, self._params = self._params, {}  # a dict handed out before must not reach these
+        self._set_params(live)
         return self
 
     def unfreeze(self):

@@ -176,3 +176,37 @@ def test_forward_train_on_a_frozen_model_keeps_its_weights_for_backward():
     got = backward(dy)
     for name, value in want.params.items():
         np.testing.assert_array_equal(got.params[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("freeze", [False, True], ids=["live", "frozen"])
+def test_held_parameters_mapping_sees_replaced_parameters(freeze):
+    """An optimiser holding parameters() keeps seeing the model's arrays after
+    load_state_dict and reset_parameters (and, frozen, after unfreeze)."""
+    model = fastrnn.LSTM(I, H, seed=16)
+    if freeze:
+        model.freeze()
+    held = model.parameters()
+    model.load_state_dict(fastrnn.LSTM(I, H, seed=17).state_dict())
+    np.testing.assert_array_equal(held["weight_hh_l0"], model.state_dict()["weight_hh_l0"])
+    model.reset_parameters(np.random.default_rng(18))
+    np.testing.assert_array_equal(held["weight_ih_l0"], model.state_dict()["weight_ih_l0"])
+    if freeze:
+        model.unfreeze()
+        assert held["weight_hh_l0"] is model.parameters()["weight_hh_l0"]
+        assert held["weight_hh_l0"].flags.writeable
+
+
+def test_dict_held_from_before_freeze_does_not_reach_the_frozen_model():
+    """A live parameters() dict obtained before freeze() cannot swap a writable array into
+    the frozen model (whose packs would then go stale as that array changes)."""
+    rng = np.random.default_rng(19)
+    model = fastrnn.GRU(I, H, seed=19)
+    held = model.parameters()
+    model.freeze()
+    x = normal(rng, (T, 1, I), np.float32)
+    want, _ = model(x)
+    w = np.zeros((3 * H, H), np.float32)
+    held["weight_hh_l0"] = w
+    w += 1.0
+    np.testing.assert_array_equal(model(x)[0], want)
+    assert not model.parameters()["weight_hh_l0"].flags.writeable
