@@ -11,7 +11,7 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
 
 A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPE`` in both modes too, and
 fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
-weights stay packed between calls), in the same group as "fastrnn-frozen".
+weights stay packed between calls), in the same group.
 torch benchmarks are skipped when torch is not installed.
 
 Threads: ``FASTRNN_BENCH_THREADS`` (default 1) sets torch.set_num_threads and, through
@@ -70,12 +70,13 @@ def _step(framework, mode, cell, model, x, dy):
     return common.torch_training(torch, module, x, dy)
 
 
-def _bench(benchmark, cell, shape, mode, framework, num_layers=1, bidirectional=False):
+def _bench(
+    benchmark, cell, shape, mode, framework, num_layers=1, bidirectional=False, frozen=False
+):
     """Benchmark one step and check the shape of what it returns."""
     T, B, I, H = shape  # noqa: E741
     model = common.make_fastrnn(cell, I, H, num_layers, bidirectional)
-    if framework == "fastrnn-frozen":
-        framework = "fastrnn"
+    if frozen:
         model.freeze()
     x, dy = common.make_data(shape, common.output_features(model))
     step = _step(framework, mode, cell, model, x, dy)
@@ -111,4 +112,4 @@ def test_two_layer_bidirectional(benchmark, cell, mode, framework):
 @pytest.mark.parametrize("cell", common.CELLS)
 def test_single_layer_frozen_inference(benchmark, cell, shape):
     benchmark.group = f"{cell}-inference-{common.shape_id(shape)}"
-    _bench(benchmark, cell, shape, "inference", "fastrnn-frozen")
+    _bench(benchmark, cell, shape, "inference", "fastrnn", frozen=True)

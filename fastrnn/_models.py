@@ -263,7 +263,7 @@ class RecurrentModel:
     def _run(self, x, hx, lengths, training):
         xs, batched = _validate.sequence(x, self.input_size, self.batch_first, self.dtype)
         T, B, _ = xs.shape
-        lens = None if lengths is None else _validate.lengths(lengths, B, T)
+        lens = _validate.lengths(lengths, B, T)
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         _validate.blas_sizes(T, B, (self.input_size, D * self._h_size, self._gate_count * H))
         h0, c0 = self._initial_state(hx, B, batched)
