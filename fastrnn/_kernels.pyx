@@ -411,6 +411,8 @@ cdef struct Seq:
     const void *ipk         # W_ih^T packed, or NULL when BLAS did the input projection
     const void *w_ih        # (G*H, I)
     bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
+    void *bpk               # forward in training: backward's W_hh pack to fill, or NULL
+    void *bipk              # forward in training: backward's W_ih pack (for dX) to fill
     const void *bias        # (G*H,) the biases folded into the input projection
     Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk); S when BLAS did all
     fastrnn_pipe *pipe      # a helper thread projects the input ahead (run_pipe), or NULL
@@ -805,6 +807,8 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
         c0, c1 = min(GH, blocks * t // nt * vw), min(GH, blocks * (t + 1) // nt * vw)
         pack_cols(H, GH, c0, c1, True, <const floating *> q.w_hh, H, <floating *> q.pk)
         pack_cols(I, GH, c0, c1, True, <const floating *> q.w_ih, I, <floating *> q.ipk)
+        if q.bpk != NULL:  # training: the backward pass's packs too (its snapshot of them)
+            backward_pack_cols(q, <floating *> q.bpk, <floating *> q.bipk, t, nt)
         fastrnn_barrier_wait(barrier, t, nt)
     for s in range(min(S, length)):
         if s % chunk == 0 and j1 > j0:
@@ -857,6 +861,18 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
                 zero_saved_rows(q, hs, s, 0, 1)
 
 
+cdef inline void backward_pack_cols(const Seq *q, floating *pk, floating *ipk, int t,
+                                    int nt) noexcept nogil:
+    """Thread t's columns of backward's packs of W_hh and W_ih: those it alone reads in
+    backward_units (its units of dh_prev, its columns of dX), so threads pack them in
+    parallel with no barrier. Together the nt threads' columns make pack()'s whole result."""
+    cdef Py_ssize_t H = q.H, GH = q.GH, I = q.n_in, j0, j1, i0, i1
+    unit_range(H, t, nt, <floating> 0, &j0, &j1)
+    unit_range(I, t, nt, <floating> 0, &i0, &i1)
+    pack_cols(GH, H, j0, j1, False, <const floating *> q.w_hh, H, pk)
+    pack_cols(GH, I, i0, i1, False, <const floating *> q.w_ih, I, ipk)
+
+
 cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
                          fastrnn_barrier *barrier) noexcept nogil:
     """Thread t's hidden units of the one row of a batch-1 backward pass, every step, and
@@ -879,10 +895,7 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
     unit_range(I, t, nt, <floating> 0, &i0, &i1)
     if q.pack_units:
-        # the columns of W_hh's and W_ih's packs that this thread alone reads (its units of
-        # dh_prev, its columns of dX): packed here, in parallel, with no barrier
-        pack_cols(GH, H, j0, j1, False, <const floating *> q.w_hh, H, <floating *> q.pk)
-        pack_cols(GH, I, i0, i1, False, <const floating *> q.w_ih, I, <floating *> q.ipk)
+        backward_pack_cols(q, <floating *> q.pk, <floating *> q.ipk, t, nt)
     for s in range(S - 1, -1, -1):
         dg = dgx + s * GH
         dgh = <floating *> q.dgh + s * H
@@ -1235,14 +1248,20 @@ def forward(int cell,
                                                 #      LSTM projection: o * tanh(c)
             cnp.ndarray wpack,                  # WORK forward_pack_size(...): W_hh^T packed for
                                                 #      the small-batch kernel; empty for BLAS
-            cnp.ndarray ipack):                 # WORK input_pack_size(...): folded bias, then
+            cnp.ndarray ipack,                  # WORK input_pack_size(...): folded bias, then
                                                 #      W_ih^T packed when the own kernel runs
+            cnp.ndarray bwpack,                 # OUT  training: backward()'s wpack, packed
+                                                #      here from these weights; else empty
+            cnp.ndarray bipack):                # OUT  training: backward()'s ipack; else empty
     """Run one layer in one direction over a compact sequence.
 
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
     where h = W_hr (o * tanh(c)) has P < H features).
     Training mode leaves in hs, cs, acts and hraw what backward needs: hs[s] is the state
-    before step s; rows past a sequence's end are zero. Inference keeps the initial state
+    before step s; rows past a sequence's end are zero. Given bwpack and bipack (a batch
+    the own kernels take), it also packs W_hh and W_ih for backward, which then reads no
+    weight array: the packs are that pass's copy of the weights, so that parameters updated
+    in place before backward runs do not change its gradients. Inference keeps the initial state
     in hs[0] and reads every later one from yc (each step writes its state there once);
     the LSTM cell state ping-pongs between cs[0] and cs[1].
     """
@@ -1277,7 +1296,16 @@ def forward(int cell,
     cdef floating *pk_n = NULL
     cdef floating *bias = ipack_
     cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
+    cdef floating *bpk = NULL
+    cdef floating *bipk = NULL
     cdef int nt = <int> (bounds.shape[0] - 1)
+    if bwpack.shape[0] > 0 or bipack.shape[0] > 0:
+        if (not training or pk == NULL or ipk == NULL
+                or bwpack.shape[0] < packed_size(GH, P, ft == DOUBLE_TYPE)
+                or bipack.shape[0] < packed_size(GH, I, ft == DOUBLE_TYPE)):
+            raise ValueError("forward: inconsistent backward packs (a bug in fastrnn)")
+        bpk = <floating *> data(bwpack, 1, ft, True)
+        bipk = <floating *> data(bipack, 1, ft, True)
     # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
     if (xproj.size < (S if ipk == NULL else projection_steps(B, S, GH)) * B * GH or yc.size < S * B * P or hs.size != hs.shape[0] * B * P or
             hs.shape[0] != (S + 1 if training else 2) or work.size < B * 3 * H or
@@ -1297,6 +1325,7 @@ def forward(int cell,
     q.xc, q.n_in, q.ipk, q.bias, q.w_ih = xc_, I, ipk, bias, w_ih_
     q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
     q.pipe, q.pipe_steps = NULL, 0
+    q.bpk, q.bipk = bpk, bipk
     with nogil:
         # initial state, permuted to compact row order
         for j in range(B):
@@ -1323,6 +1352,9 @@ def forward(int cell,
                 pack(P, GH, True, w_hh_, P, pk)
             if ipk != NULL:
                 pack(I, GH, True, w_ih_, I, ipk)
+        if bpk != NULL and not q.pack_units:
+            pack(GH, P, False, w_hh_, P, bpk)
+            pack(GH, I, False, w_ih_, I, bipk)
         if not packed:
             # biases folded into the input projection where they add (GRU keeps b_hh
             # apart, since r multiplies its n block (A2))
@@ -1357,6 +1389,7 @@ def forward(int cell,
 # ---------------------------------------------------------------------------------------
 
 def backward(int cell,
+             bint packed,                       # wpack and ipack hold the packs forward made
              cnp.ndarray xc,                    # IN   (S, B, I) compact input of forward
              cnp.ndarray w_ih,                  # IN   (G*H, I)
              cnp.ndarray w_hh,                  # IN   (G*H, P)
@@ -1444,7 +1477,8 @@ def backward(int cell,
     if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
             work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
             order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < 1)
-            or (cell != RNN_TANH and cell != RNN_RELU and acts.size < SB * 4 * H)):
+            or (cell != RNN_TANH and cell != RNN_RELU and acts.size < SB * 4 * H)
+            or (packed and (pk == NULL or ipk == NULL))):
         raise ValueError("backward: inconsistent workspace sizes (a bug in fastrnn)")
     q.cell, q.training, q.proj = cell, True, proj
     q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, S + 1, acts.shape[0]
@@ -1462,8 +1496,9 @@ def backward(int cell,
     wg.acts, wg.dhs, wg.hraw = acts_, dhs_, hraw_
     wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
     wg.dw_hr = dw_hr_
+    q.bpk = q.bipk = NULL
     # the unit-split threads pack the columns they read themselves, in parallel
-    q.pack_units = units_apply(&q, unit_threads)
+    q.pack_units = not packed and units_apply(&q, unit_threads)
     with nogil:
         if S == 0 or B == 0:  # otherwise the products below write every gradient
             memset(dw_ih_, 0, GH * I * sizeof(floating))
@@ -1473,9 +1508,9 @@ def backward(int cell,
             if proj:
                 memset(dw_hr_, 0, P * H * sizeof(floating))
         if B > 0:
-            if pk != NULL and not q.pack_units:
+            if pk != NULL and not (packed or q.pack_units):
                 pack(GH, P, False, w_hh_, P, pk)
-            if ipk != NULL and not q.pack_units:
+            if ipk != NULL and not (packed or q.pack_units):
                 pack(GH, I, False, w_ih_, I, ipk)
             for j in range(B):
                 memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))

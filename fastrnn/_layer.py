@@ -71,6 +71,7 @@ class Tape:
     reverse: bool
     identity: bool  # compact layout == user layout (forward, no lengths)
     T: int
+    packs: tuple  # (W_hh, W_ih) packed for backward by forward, or () (backward packs them)
 
 
 # Scratch arrays of 64 KiB and more, kept from one call to the next (a few of each shape, up
@@ -84,6 +85,7 @@ class Tape:
 # back here, so concurrent calls never share one (list.pop and append are atomic under the
 # GIL).
 _SPARE_MIN = 1 << 16
+_SPARE_PER_SHAPE = 4  # a training step of an RNN with I = H holds four packs of one shape
 _SPARE_BYTES = 256 << 20
 _spare: dict = {}
 
@@ -122,7 +124,7 @@ def _release(*arrays: np.ndarray) -> None:
             continue
         key = (a.shape, a.dtype)
         kept = _spare.setdefault(key, [])
-        if len(kept) < 2:
+        if len(kept) < _SPARE_PER_SHAPE:
             kept.append(a)
             added = True
     if not added:
@@ -229,6 +231,44 @@ class _Buffers:
         params = (w,) if w.frozen else (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)
         held = self.ws["packed_for"] = params + packs
         return last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
+
+
+@functools.lru_cache(maxsize=8)
+def _no_packs(dtype) -> tuple[np.ndarray, np.ndarray]:
+    """forward()'s bwpack and bipack when it makes no packs for backward."""
+    empty = np.empty(0, dtype)
+    empty.flags.writeable = False
+    return empty, empty
+
+
+def _training_weights(cell: str, weights: LayerWeights, B: int, P: int, H: int, I: int):  # noqa: E741
+    """What a training forward pass keeps of its weights for backward, and the buffers
+    for backward's packs of W_hh and W_ih if forward makes them.
+
+    Backward must see the weights as they were at forward time, even if an optimiser
+    updates the parameters in place in between. At a batch the own kernels take, forward
+    packs W_hh and W_ih for backward as well (in parallel, where threads share the step by
+    units), and those packs are the pass's copy of them: copying the two matrices first
+    cost ~5% of an LSTM (100, 1, 256, 256) training step. A larger batch's backward reads
+    them through BLAS: they are copied. W_hr (LSTM projection) is always read as it is, and
+    so copied; frozen parameters cannot change and are kept as they are.
+    """
+    dtype = weights.w_hh.dtype
+    if weights.frozen:
+        return weights, _no_packs(dtype)
+    w_hr = None if weights.w_hr is None else weights.w_hr.copy()
+    code, double = CELL_CODES[cell], dtype == np.float64
+    size = _kernels.backward_pack_size(code, B, P, H, double)
+    if size == 0:
+        w_ih, w_hh = weights.w_ih.copy(), weights.w_hh.copy()
+        return LayerWeights(w_ih, w_hh, weights.b_ih, weights.b_hh, w_hr), _no_packs(dtype)
+    GH = weights.w_hh.shape[0]
+    packs = (
+        _scratch((size,), dtype),
+        _scratch((_kernels.backward_input_pack_size(B, GH, I, double),), dtype),
+    )
+    # backward reads only the shapes of w_ih and w_hh
+    return LayerWeights(weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr), packs
 
 
 @functools.lru_cache(maxsize=64)
@@ -358,6 +398,10 @@ def forward(
     # A stream, and a thread calling a frozen model, keep the packed weights from one call
     # to the next, for as long as the parameters are the same arrays.
     packed = buffer.holds(weights, (wpack, ipack))
+    if training:
+        weights, bpacks = _training_weights(cell, weights, B, P, H, I)
+    else:
+        bpacks = _no_packs(dtype)
     if lengths is None:
         bounds, unit_threads, helper = _full_length_split(
             S, B, I, G * H, P, _threads.get_num_threads()
@@ -369,7 +413,7 @@ def forward(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts,
-        hraw, work, wpack, ipack,
+        hraw, work, wpack, ipack, *bpacks,
     )  # fmt: skip
 
     if buffer.ws is None:  # internal arrays no result refers to; a tape keeps its own
@@ -383,12 +427,13 @@ def forward(
             _release(yc)
     tape = None
     if training:
+        packs = bpacks if bpacks[0].size else ()
         tape = Tape(
             cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
-            reverse, identity, T,
+            reverse, identity, T, packs,
         )  # fmt: skip
         # when the tape dies (its backward closure dropped), its arrays become spares
-        weakref.finalize(tape, _release, hs, cs, acts, hraw)
+        weakref.finalize(tape, _release, hs, cs, acts, hraw, *packs)
     return y, h_n, (c_n if is_lstm else None), tape
 
 
@@ -427,19 +472,23 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
-    wpack = _scratch((_kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double),), dtype)
-    ipack = _scratch((_kernels.backward_input_pack_size(B, G * H, I, double),), dtype)
+    if tape.packs:  # made by forward from the weights of that pass
+        wpack, ipack = tape.packs
+    else:
+        size = _kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double)
+        wpack = _scratch((size,), dtype)
+        ipack = _scratch((_kernels.backward_input_pack_size(B, G * H, I, double),), dtype)
     grad_threads = _threads.product_threads(S * B * G * H * (I + P))
     gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
-        CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths, tape.order,
-        tape.bounds, tape.unit_threads,
+        CELL_CODES[tape.cell], bool(tape.packs), tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
+        tape.order, tape.bounds, tape.unit_threads,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
         grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,
     )  # fmt: skip
-    _release(dgx, dgh, dhs, wpack, ipack, gbuf)
+    _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else (wpack, ipack)))
     if w.w_hr is None:
         del grads["weight_hr"]
 

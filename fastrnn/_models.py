@@ -219,10 +219,9 @@ class RecurrentModel:
         mapping of read-only arrays while the model is frozen."""
         return types.MappingProxyType(self._params) if self._frozen else self._params
 
-    def _weights(self, layer: int, direction: int, snapshot: bool = False):
-        """One layer-direction's parameters. With snapshot, private copies of the matrices
-        that backward reads, so that updating parameters in place between forward_train and
-        its backward cannot change that pass's gradients (frozen ones cannot change)."""
+    def _weights(self, layer: int, direction: int):
+        """One layer-direction's parameters, as they are (a training pass keeps what its
+        backward reads: _layer._training_weights)."""
         if self._frozen:  # read-only arrays, set only by _set_params (which clears these)
             kept = self._frozen_weights.get((layer, direction))
             if kept is not None:
@@ -235,9 +234,6 @@ class RecurrentModel:
             weights = _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, frozen=True)
             self._frozen_weights[layer, direction] = weights
             return weights
-        if snapshot:
-            w_ih, w_hh = w_ih.copy(), w_hh.copy()
-            w_hr = None if w_hr is None else w_hr.copy()
         return _layer.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
 
     # -- forward -------------------------------------------------------------------------
@@ -278,7 +274,7 @@ class RecurrentModel:
             for d in range(D):
                 k = layer * D + d
                 y, _, _, tape = _layer.forward(
-                    self._cell, self._weights(layer, d, training), layer_in, h0[k],
+                    self._cell, self._weights(layer, d), layer_in, h0[k],
                     None if c0 is None else c0[k], lens, bool(d), training,
                     h_n=h_n[k], c_n=None if c_n is None else c_n[k],
                 )  # fmt: skip

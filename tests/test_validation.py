@@ -595,6 +595,56 @@ def test_mutating_returned_outputs_does_not_change_gradients(cell):
     assert_same_gradients(backward(dy), expected)
 
 
+WEIGHT_UPDATE_CASES = [  # (cell, batch, threads, proj_size)
+    *(
+        pytest.param(cell, batch, threads, 0, id=f"{cell}-{name}")
+        for cell in CELLS
+        for batch, threads, name in [
+            (1, 1, "B1-one-thread"),
+            (1, 2, "B1-split-by-units"),  # forward packs for backward by units, in parallel
+            (3, 2, "B3-row-ranges"),
+            (130, 2, "B130-blas"),  # past the own kernels' batch: copies
+        ]
+    ),
+    pytest.param("lstm", 3, 1, 3, id="lstm-B3-projection"),
+]
+
+
+@pytest.mark.parametrize(("cell", "batch", "threads", "proj"), WEIGHT_UPDATE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_parameters_updated_before_backward_do_not_change_gradients(
+    cell, dtype, batch, threads, proj, monkeypatch
+):
+    """backward uses the weights of its forward_train: an optimiser's in-place step on every
+    parameter in between (or a parameter replaced) leaves its gradients bit-identical to a
+    pass without one. forward_train keeps packs of W_hh and W_ih for backward at small
+    batch, copies at large batch."""
+    monkeypatch.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        kwargs = {"proj_size": proj} if proj else {}
+        model = make_model(cell, 6, 20, num_layers=2, dtype=dtype, seed=8, **kwargs)
+        rng = np.random.default_rng(8)
+        x = normal(rng, (5, batch, 6), dtype)
+        dy = normal(rng, (5, batch, proj or 20), dtype)
+        expected = grads_of(model, x, None, None, dy, None)
+        _, _, backward = model.forward_train(x)
+        params = model.parameters()
+        originals = {name: value.copy() for name, value in params.items()}
+        for value in params.values():
+            value *= -0.5
+        params["weight_hh_l1"] = np.zeros_like(params["weight_hh_l1"])
+        got = backward(dy)
+        for name, value in originals.items():
+            params[name] = value
+        assert_same_gradients(got, expected)
+        assert_same_gradients(grads_of(model, x, None, None, dy, None), expected)
+    finally:
+        fastrnn.set_num_threads(saved)
+
+
 def test_results_are_close_to_float64_for_float32_model():
     """A float32 model on float64 input computes in float32 (sanity of the conversion)."""
     m32 = fastrnn.GRU(I, H, dtype=np.float32, seed=9)
