@@ -143,6 +143,10 @@ def _release(*arrays: np.ndarray) -> None:
 # finishes one layer-direction before it starts the next, so no two calls share these; the
 # results (y, h_n, c_n) are never among them.
 _WORKSPACE_MAX_BYTES = 4 << 20  # per configuration; larger calls use the spares above
+# xc and yc, the compact input and output: whole-sequence arrays that only calls with
+# lengths or in reverse use. A call whose other scratch fits is kept without them, so that
+# a frozen model keeps its packs at any sequence length (it then takes them from the spares).
+_SEQUENCE_ARRAYS = ("xc", "yc")
 _WORKSPACE_CONFIGS = 8  # per thread, the oldest dropped first
 _local = threading.local()
 
@@ -159,11 +163,13 @@ def _thread_buffers(key: tuple) -> _Buffers | None:
     if buffer is None:
         cell, S, B, I, H, P, dtype, proj = key[:8]  # noqa: E741
         shapes, nbytes = _forward_shapes(cell, S, B, I, H, P, dtype, False, proj)
-        if nbytes > _WORKSPACE_MAX_BYTES:
+        sequence = sum(math.prod(shapes[k]) for k in _SEQUENCE_ARRAYS) * np.dtype(dtype).itemsize
+        if nbytes - sequence > _WORKSPACE_MAX_BYTES:
             return None
         if len(kept) >= _WORKSPACE_CONFIGS:
             del kept[next(iter(kept))]  # dicts keep insertion order
-        buffer = kept[key] = _Buffers({}, dtype, False, shapes)
+        keeps_sequence = nbytes <= _WORKSPACE_MAX_BYTES
+        buffer = kept[key] = _Buffers({}, dtype, False, shapes, keeps_sequence)
     return buffer
 
 
@@ -175,16 +181,27 @@ class _Buffers:
     """Allocates arrays, or lends them from a dict kept across calls: a stream's (which lends
     its results and packed weights too) or this thread's scratch for the configuration."""
 
-    def __init__(self, ws: dict | None, dtype, lends_results: bool, shapes: dict):
+    def __init__(
+        self, ws: dict | None, dtype, lends_results: bool, shapes: dict, keeps_sequence=True
+    ):
         self.ws, self.dtype, self.lends_results, self.shapes = ws, dtype, lends_results, shapes
+        # whether xc and yc are kept too (else lent from the spares: see release())
+        self.keeps_sequence = keeps_sequence
         if ws is not None and not lends_results:
             # this thread's scratch for one configuration: every array made once, all
             # served by one dict lookup (a dozen calls of __call__ cost ~3 us)
             arrays = ws.get("arrays")
             if arrays is None:
-                arrays = ws["arrays"] = {k: _aligned_empty(v, dtype) for k, v in shapes.items()}
+                arrays = ws["arrays"] = {
+                    k: _aligned_empty(v, dtype)
+                    for k, v in shapes.items()
+                    if keeps_sequence or k not in _SEQUENCE_ARRAYS
+                }
                 ws["internal"] = (shapes, tuple(arrays[k] for k in _INTERNAL))
-            self.scratch = arrays.__getitem__
+            if keeps_sequence:
+                self.scratch = arrays.__getitem__
+            else:
+                self.scratch = lambda k: arrays[k] if k in arrays else _scratch(shapes[k], dtype)
 
     def internal(self) -> tuple:
         """The kernel's internal arrays, in _INTERNAL order: one lookup in a kept dict
@@ -208,6 +225,12 @@ class _Buffers:
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = self.ws[key] = _aligned_empty(shape, dtype)
         return arr
+
+    def release_sequence(self, *arrays: np.ndarray) -> None:
+        """Return xc or yc, once the call is done with them, where they came from the
+        spares (kept buffers without them, or none kept)."""
+        if self.ws is None or not self.keeps_sequence:
+            _release(*arrays)
 
     def result(self, key: str, shape: tuple) -> np.ndarray:
         """An array the call returns: lent by a stream, otherwise the caller's own."""
@@ -423,8 +446,7 @@ def forward(
     else:
         y = buffer.result("y", (T, B, P))
         _kernel("scatter_steps", dtype)(yc, lens, order, reverse, y)
-        if buffer.ws is None:
-            _release(yc)
+        buffer.release_sequence(yc, *(() if training else (xc,)))
     tape = None
     if training:
         packs = bpacks if bpacks[0].size else ()

@@ -11,6 +11,7 @@ import reference as ref
 from helpers import CELLS, DTYPE_IDS, DTYPES, assert_close, make_model, normal, run_in_two_threads
 
 import fastrnn
+from fastrnn import _layer
 
 I = H = 6  # input_size == hidden_size: the layers of a stack share one configuration  # noqa: E741
 T = 5
@@ -146,6 +147,27 @@ def test_frozen_model_reuses_its_packed_weights(cell, batch):
     w.flags.writeable = False
     np.testing.assert_array_equal(model(x)[0], first)
     assert not np.array_equal(fresh(model)(x)[0], first)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_model_keeps_its_packs_at_any_sequence_length(cell, with_lengths):
+    """A call whose output alone is more than the kept scratch's 4 MiB still keeps the packs
+    (the sequence-sized arrays come from the spares), and its numbers are the live model's."""
+    rng = np.random.default_rng(14)
+    steps, batch, hidden = 600, 32, 64  # y: 4.9 MB
+    assert steps * batch * hidden * 4 > _layer._WORKSPACE_MAX_BYTES
+    model = make_model(cell, I, hidden, seed=14).freeze()
+    x = normal(rng, (steps, batch, I), np.float32)
+    lengths = rng.integers(0, steps + 1, batch) if with_lengths else None
+    first, _ = model(x, lengths=lengths)
+    np.testing.assert_array_equal(fresh(model)(x, lengths=lengths)[0], first)
+    w = model.parameters()["weight_hh_l0"]
+    w.flags.writeable = True
+    w *= 0.5
+    w.flags.writeable = False
+    np.testing.assert_array_equal(model(x, lengths=lengths)[0], first)
+    assert not np.array_equal(fresh(model)(x, lengths=lengths)[0], first)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
