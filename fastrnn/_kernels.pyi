@@ -42,9 +42,9 @@ forward: _Fused
 bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack,
 bwpack, bipack)"""
 backward: _Fused
-"""backward(cell, packed, xc, w_ih, w_hh, w_hr, lengths, order, bounds, unit_threads, hs, cs, acts,
-hraw, dyc, dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs, work,
-wpack, ipack, gbuf)"""
+"""backward(cell, packed, xc, w_ih, w_hh, w_hr, lengths, order, bounds, unit_threads, hs, cs,
+acts, hraw, dyc, dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,
+work, wpack, ipack, gbuf)"""
 sigmoid: _Fused
 """sigmoid(x (n,), out (n,))"""
 tanh: _Fused

@@ -1261,9 +1261,9 @@ def forward(int cell,
     before step s; rows past a sequence's end are zero. Given bwpack and bipack (a batch
     the own kernels take), it also packs W_hh and W_ih for backward, which then reads no
     weight array: the packs are that pass's copy of the weights, so that parameters updated
-    in place before backward runs do not change its gradients. Inference keeps the initial state
-    in hs[0] and reads every later one from yc (each step writes its state there once);
-    the LSTM cell state ping-pongs between cs[0] and cs[1].
+    in place before backward runs do not change its gradients. Inference keeps the initial
+    state in hs[0] and reads every later one from yc (each step writes its state there
+    once); the LSTM cell state ping-pongs between cs[0] and cs[1].
     """
     cdef Seq q
     cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE

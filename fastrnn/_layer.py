@@ -185,7 +185,7 @@ class _Buffers:
         self, ws: dict | None, dtype, lends_results: bool, shapes: dict, keeps_sequence=True
     ):
         self.ws, self.dtype, self.lends_results, self.shapes = ws, dtype, lends_results, shapes
-        # whether xc and yc are kept too (else lent from the spares: see release())
+        # whether xc and yc are kept too (else lent from the spares: release_sequence())
         self.keeps_sequence = keeps_sequence
         if ws is not None and not lends_results:
             # this thread's scratch for one configuration: every array made once, all
