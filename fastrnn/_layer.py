@@ -256,6 +256,19 @@ class _Buffers:
         return last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
 
 
+def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
+    """Scratch for backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
+    double = dtype == np.float64
+    size = _kernels.backward_pack_size(CELL_CODES[cell], B, P, H, double)
+    if size == 0:
+        return None
+    GH = NUM_GATES[cell] * H
+    return (
+        _scratch((size,), dtype),
+        _scratch((_kernels.backward_input_pack_size(B, GH, I, double),), dtype),
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _no_packs(dtype) -> tuple[np.ndarray, np.ndarray]:
     """forward()'s bwpack and bipack when it makes no packs for backward."""
@@ -280,16 +293,10 @@ def _training_weights(cell: str, weights: LayerWeights, B: int, P: int, H: int, 
     if weights.frozen:
         return weights, _no_packs(dtype)
     w_hr = None if weights.w_hr is None else weights.w_hr.copy()
-    code, double = CELL_CODES[cell], dtype == np.float64
-    size = _kernels.backward_pack_size(code, B, P, H, double)
-    if size == 0:
+    packs = _backward_packs(cell, B, P, H, I, dtype)
+    if packs is None:
         w_ih, w_hh = weights.w_ih.copy(), weights.w_hh.copy()
         return LayerWeights(w_ih, w_hh, weights.b_ih, weights.b_hh, w_hr), _no_packs(dtype)
-    GH = weights.w_hh.shape[0]
-    packs = (
-        _scratch((size,), dtype),
-        _scratch((_kernels.backward_input_pack_size(B, GH, I, double),), dtype),
-    )
     # backward reads only the shapes of w_ih and w_hh
     return LayerWeights(weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr), packs
 
@@ -494,12 +501,10 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
-    if tape.packs:  # made by forward from the weights of that pass
-        wpack, ipack = tape.packs
-    else:
-        size = _kernels.backward_pack_size(CELL_CODES[tape.cell], B, P, H, double)
-        wpack = _scratch((size,), dtype)
-        ipack = _scratch((_kernels.backward_input_pack_size(B, G * H, I, double),), dtype)
+    # made by forward from the weights of that pass, or packed here (empty for BLAS)
+    packs = tape.packs or _backward_packs(tape.cell, B, P, H, I, dtype)
+    packs = packs or (np.empty(0, dtype), np.empty(0, dtype))
+    wpack, ipack = packs
     grad_threads = _threads.product_threads(S * B * G * H * (I + P))
     gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
@@ -510,7 +515,7 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
         grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,
     )  # fmt: skip
-    _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else (wpack, ipack)))
+    _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else packs))
     if w.w_hr is None:
         del grads["weight_hr"]
 
