@@ -34,10 +34,11 @@
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
                                   int beta, T *c, ptrdiff_t ldc, int reverse);               \
     /* columns c0..c1-1 of the same product only; each column's numbers are those of the    \
-       whole product (every column sums over K in the same order) */                               \
+       whole product (every column sums over K in the same order). With beta = 0 and a bias   \
+       (N,), not NULL, C := A @ packed + bias: the numbers of beta = 1 on rows filled with it */ \
     void fastrnn_small_gemm_cols_##SFX(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,  \
                                        const T *a, ptrdiff_t lda, const T *packed,            \
-                                       ptrdiff_t panel_stride, int beta, T *c,                \
+                                       ptrdiff_t panel_stride, int beta, const T *bias, T *c, \
                                        ptrdiff_t ldc);                                        \
     /* one row (n = 1) over `ranges` column ranges c0[i]..c1[i]-1 of                          \
        C (1, N) := a (1, K) @ packed + beta * C, every range's numbers those of the whole    \

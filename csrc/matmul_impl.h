@@ -120,10 +120,11 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
 /* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so
    the accumulators live in registers. Row r reads a[r][k * ks] (ks = 1: a row of A; ks = lda:
    a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns
-   exist. B is a packed panel, row stride PW. */
+   exist. B is a packed panel, row stride PW. Each column's sum is then stored plus C
+   (beta), plus bias[col] (a row added to every row of C, when bias is not NULL), or alone. */
 static inline __attribute__((always_inline)) void NAME(tile)(
     const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
-    const T *restrict b, int beta, T *const *c, ptrdiff_t col0, ptrdiff_t width)
+    const T *restrict b, int beta, const T *bias, T *const *c, ptrdiff_t col0, ptrdiff_t width)
 {
     VEC acc[6][4];
     for (int r = 0; r < R; ++r)
@@ -147,13 +148,17 @@ static inline __attribute__((always_inline)) void NAME(tile)(
                 VEC old = (VEC){0};
                 if (beta)
                     memcpy(&old, crow + col, sizeof(VEC));
+                else if (bias)
+                    memcpy(&old, bias + col0 + col, sizeof(VEC));
                 VEC sum = acc[r][v] + old;
                 memcpy(crow + col, &sum, sizeof(VEC));
             } else { /* the last, partial vector of a row */
                 T lanes[VW];
                 memcpy(lanes, &acc[r][v], sizeof(VEC));
                 for (ptrdiff_t u = 0; col + u < width; ++u)
-                    crow[col + u] = lanes[u] + (beta ? crow[col + u] : (T)0);
+                    crow[col + u] = lanes[u] + (beta   ? crow[col + u]
+                                                : bias ? bias[col0 + col + u]
+                                                       : (T)0);
             }
         }
     }
@@ -169,10 +174,10 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, crow, col0, width); break;             \
-    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, crow, col0, width); break;             \
-    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, crow, col0, width); break;             \
-    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, crow, col0, width); break;            \
+    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
+    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
+    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
+    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, bias, crow, col0, width); break;            \
     }
 
 #define KS 1 /* A read along its rows */
@@ -185,8 +190,8 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
    the row, which the packed buffer's slack keeps inside it; they are never stored). */
 static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K, const T *a,
-    ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-    ptrdiff_t c_block, ptrdiff_t ldc, int reverse)
+    ptrdiff_t a_block, ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride, int beta,
+    const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc, int reverse)
 {
     const ptrdiff_t n = blocks * rows;
     const ptrdiff_t first = c0 / PW, last = c1 > c0 ? (c1 - 1) / PW : first - 1;
@@ -226,9 +231,11 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,
                                    const T *a, ptrdiff_t lda, const T *packed,
-                                   ptrdiff_t panel_stride, int beta, T *c, ptrdiff_t ldc)
+                                   ptrdiff_t panel_stride, int beta, const T *bias, T *c,
+                                   ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, 0);
+    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c, 0, ldc,
+                      0);
 }
 
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
@@ -319,7 +326,8 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                               ptrdiff_t ldc, int reverse)
 {
-    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, c, 0, ldc, reverse);
+    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0, ldc,
+                      reverse);
 }
 
 #undef MV
@@ -330,8 +338,8 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                                      const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                                      ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, c,
-                      c_block, ldc, 0);
+    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, NULL,
+                      c, c_block, ldc, 0);
 }
 
 #undef MB
@@ -353,6 +361,7 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
     for (ptrdiff_t m = 0; K == 0 && m < M; ++m)
         memset(c + m * ldc + col0, 0, (size_t)(col1 - col0) * sizeof(T));
     const ptrdiff_t M4 = (M + 3) / 4 * 4;
+    const T *bias = NULL;      /* the tiles store sums alone or plus C */
     T *apack = buf;            /* (M4 / 4) x KC x 4 */
     T *bpack = buf + M4 * KC;  /* KC x PW */
     for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
