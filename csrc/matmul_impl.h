@@ -174,10 +174,10 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
 
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
-    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
-    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, bias, crow, col0, width); break;             \
-    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, bias, crow, col0, width); break;            \
+    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
+    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
+    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
+    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, bias, crow, col0, width); break;      \
     }
 
 #define KS 1 /* A read along its rows */

@@ -759,27 +759,22 @@ cdef inline void gemm_cols(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_
         fastrnn_small_gemm_cols_f64(n, c0, c1, K, a, lda, packed, ps, accumulate, bias, c, ldc)
 
 
-cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t n,
-                           Py_ssize_t K, const floating *a, Py_ssize_t lda,
-                           const floating *packed, Py_ssize_t ps, floating *c,
-                           Py_ssize_t ldc) noexcept nogil:
-    """Units j0..j1-1 of every gate of c (n, G*H) += a (n, K) @ packed (K, G*H); one row
-    takes every gate's range in a single pass."""
+cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t K,
+                           const floating *a, const floating *packed, Py_ssize_t ps,
+                           floating *c) noexcept nogil:
+    """Units j0..j1-1 of every gate of the row c (G*H,) += a (K,) @ packed (K, G*H), every
+    gate's range in a single pass."""
     cdef int g
     cdef Py_ssize_t c0[4]
     cdef Py_ssize_t c1[4]
     if j1 <= j0:
         return
-    if n == 1:
-        for g in range(G):
-            c0[g], c1[g] = g * H + j0, g * H + j1
-        if floating is float:
-            fastrnn_matvec_ranges_f32(G, c0, c1, K, a, packed, ps, True, c)
-        else:
-            fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c)
-        return
     for g in range(G):
-        gemm_cols(n, g * H + j0, g * H + j1, K, a, lda, packed, ps, True, c, ldc)
+        c0[g], c1[g] = g * H + j0, g * H + j1
+    if floating is float:
+        fastrnn_matvec_ranges_f32(G, c0, c1, K, a, packed, ps, True, c)
+    else:
+        fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c)
 
 
 cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
@@ -815,9 +810,9 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
     for s in range(min(S, length)):
         if s % chunk == 0 and j1 > j0:
             # (1) this thread's columns of the input projection plus the folded biases, a
-            # chunk of steps ahead; the biases added in the product's store (the numbers of
-            # a product onto rows filled with them: filling them first cost a memcpy per
-            # step and gate, ~6% of a GRU (100, 1, 1, 256) call on 2 threads in perf)
+            # chunk of steps ahead; the product adds the biases as it stores (the numbers of
+            # a product onto rows filled with them; filling them first took a memcpy per step
+            # and gate: GRU (100, 1, 256, 256), 2 threads, memmove 3.0% of perf's samples)
             steps_in = min(chunk, S - s)
             for g in range(G):
                 gemm_cols(steps_in, g * H + j0, g * H + j1, I,
@@ -832,9 +827,9 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
             if cell == GRU:
                 for g in range(G):
                     memcpy(work + g * H + j0, b_hh + g * H + j0, (j1 - j0) * sizeof(floating))
-                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, work, GH)
+                gate_cols(G, H, j0, j1, H, hp, pk, ps, work)
             else:
-                gate_cols(G, H, j0, j1, 1, H, hp, H, pk, ps, pre, GH)
+                gate_cols(G, H, j0, j1, H, hp, pk, ps, pre)
             if cell == LSTM:
                 if floating is float:
                     fastrnn_lstm_gates_fwd_f32(1, H, j0, j1, pre, cs + (s % NH) * H, act,

@@ -270,10 +270,8 @@ def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: 
 
 
 @functools.lru_cache(maxsize=8)
-@functools.lru_cache(maxsize=8)
 def _no_packs(dtype) -> tuple[np.ndarray, np.ndarray]:
-    """forward()'s bwpack and bipack when it makes no packs for backward (read-only and
-    empty: shared by every call)."""
+    """forward()'s bwpack and bipack when it makes no packs for backward."""
     empty = np.empty(0, dtype)
     empty.flags.writeable = False
     return empty, empty
