@@ -90,6 +90,17 @@ cdef extern from "fastrnn_cells.h" nogil:
     void fastrnn_tanh_f32(Py_ssize_t n, const float *x, float *y)
     void fastrnn_tanh_f64(Py_ssize_t n, const double *x, double *y)
 
+cdef extern from "fastrnn_step.h" nogil:
+    void fastrnn_lstm_step_row_f32(Py_ssize_t H, Py_ssize_t K, const float *h_prev,
+                                   const float *packed, Py_ssize_t panel_stride, int reverse,
+                                   float *pre, const float *c_prev, float *act, float *c,
+                                   float *h)
+    void fastrnn_lstm_step_row_f64(Py_ssize_t H, Py_ssize_t K, const double *h_prev,
+                                   const double *packed, Py_ssize_t panel_stride, int reverse,
+                                   double *pre, const double *c_prev, double *act, double *c,
+                                   double *h)
+
+
 cdef extern from "fastrnn_threads.h" nogil:
     ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
     void fastrnn_parallel(int nt, fastrnn_task task, void *ctx)
@@ -526,6 +537,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef floating *act
     cdef floating *hcell
     cdef Py_ssize_t s, rows = r1 - r0, n = r1 - r0, steps = 0
+    cdef Py_ssize_t vw = FASTRNN_VECTOR_F32 if floating is float else FASTRNN_VECTOR_F64
     # the input projection runs a chunk of steps ahead of the loop, so that the chunk is
     # still in cache when its steps read it (the whole sequence's projection at (T, B, H) =
     # (100, 64, 1024 gate columns) is 26 MB: written, then read back from memory)
@@ -565,18 +577,25 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
         elif cell == LSTM:
             cp = cs + ((s % NH) * B + r0) * H
             cn = cs + (((s + 1) % NH) * B + r0) * H
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH, s & 1)
             if not q.proj:
                 hcell = hn
             elif training:
                 hcell = <floating *> q.hraw + (s * B + r0) * H
             else:
                 hcell = work
-            if floating is float:
-                fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
+            if n == 1 and pk != NULL and H % vw == 0:
+                # one row: the fused step (the gate math inside the product; fastrnn_step.h)
+                if floating is float:
+                    fastrnn_lstm_step_row_f32(H, P, hp, pk, ps, s & 1, pre, cp, act, cn, hcell)
+                else:
+                    fastrnn_lstm_step_row_f64(H, P, hp, pk, ps, s & 1, pre, cp, act, cn, hcell)
             else:
-                fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
+                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True,
+                                 pk, ps, True, pre, <int> GH, s & 1)
+                if floating is float:
+                    fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
+                else:
+                    fastrnn_lstm_gates_fwd_f64(n, H, 0, H, pre, cp, act, cn, hcell)
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
