@@ -1,6 +1,6 @@
 /*
- * fastrnn_step.h -- a whole batch-1 LSTM step in one kernel: the recurrent product and the
- * gate math, interleaved.
+ * fastrnn_step.h -- a whole batch-1 LSTM or GRU step in one kernel: the recurrent product and
+ * the gate math, interleaved.
  *
  * Why: at batch 1 a step streams W_hh (packed, fastrnn_matmul.h) from L2 at one FMA per
  * element loaded, so the FMA and divide units idle half the time; the gate math run after
@@ -29,7 +29,13 @@
        c_prev, c (H): the cell state before and after; h (H): the output. */                 \
     void fastrnn_lstm_step_row_##SFX(ptrdiff_t H, ptrdiff_t K, const T *h_prev,               \
                                      const T *packed, ptrdiff_t panel_stride, int reverse,   \
-                                     T *pre, const T *c_prev, T *act, T *c, T *h);
+                                     T *pre, const T *c_prev, T *act, T *c, T *h);  \
+    /* One GRU ("reset after") step of one row, the same way: x (3H) = W_i x + b_i in, r and  \
+       z activated in its first 2H out; hh (3H) gets W_h h_prev + b_hh (b_hh (3H)); K = H.   \
+       H must be a multiple of the vector width. act (4H), if not NULL, gets [r z n hh_n]. */ \
+    void fastrnn_gru_step_row_##SFX(ptrdiff_t H, ptrdiff_t K, const T *h_prev,                \
+                                    const T *packed, ptrdiff_t panel_stride, int reverse,    \
+                                    const T *b_hh, T *x, T *hh, T *act, T *h);
 
 FASTRNN_DECLARE_STEP(float, f32)
 FASTRNN_DECLARE_STEP(double, f64)

@@ -77,6 +77,74 @@ void NAME(fastrnn_lstm_step_row)(ptrdiff_t H, ptrdiff_t K, const T *restrict h_p
     }
 }
 
+/* (A1) on one vector of the r or z gate's columns, in place in x: fastrnn_gru_gates_fwd's
+   expression */
+static inline __attribute__((always_inline)) void NAME(gru_rz)(T *restrict x,
+                                                                const T *restrict hh)
+{
+    for (int u = 0; u < VW; ++u)
+        x[u] = SIGMOID(x[u] + hh[u]);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_gru_step_row)(ptrdiff_t H, ptrdiff_t K, const T *restrict h_prev,
+                                const T *restrict packed, ptrdiff_t panel_stride, int reverse,
+                                const T *restrict b_hh, T *restrict x, T *restrict hh,
+                                T *restrict act, T *restrict h)
+{
+    const ptrdiff_t GH = 3 * H, panels = (GH + PW - 1) / PW; /* the last may be partial */
+    ptrdiff_t last_col = 0; /* the previous panel's first column */
+    int n_last = 0;         /* and how many of its vectors are r's or z's, to activate */
+    for (ptrdiff_t i = 0; i < panels; ++i) {
+        const ptrdiff_t p = reverse ? panels - 1 - i : i;
+        const T *b = packed + p * panel_stride;
+        VEC acc[4] = {{0}, {0}, {0}, {0}};
+        ptrdiff_t k = 0;
+        for (int q = 0; q < 4; ++q) {
+            /* a quarter of the k loop, then one vector of the previous panel's r and z */
+            for (const ptrdiff_t k1 = K * (q + 1) / 4; k < k1; ++k) {
+                const T xk = h_prev[k];
+                for (int v = 0; v < 4; ++v) {
+                    VEC w;
+                    memcpy(&w, b + k * PW + v * VW, sizeof(VEC));
+                    acc[v] += xk * w;
+                }
+            }
+            if (q < n_last)
+                NAME(gru_rz)(x + last_col + q * VW, hh + last_col + q * VW);
+        }
+        const ptrdiff_t col0 = p * PW;
+        const int valid = GH - col0 < PW ? (int)((GH - col0) / VW) : 4;
+        for (int v = 0; v < valid; ++v) { /* hh = the sum over k + b_hh: the product's */
+            VEC bias, sum;
+            memcpy(&bias, b_hh + col0 + v * VW, sizeof(VEC));
+            sum = acc[v] + bias;
+            memcpy(hh + col0 + v * VW, &sum, sizeof(VEC));
+        }
+        /* the n gate's vectors wait for r (activated below, with h) */
+        const ptrdiff_t rz = 2 * H - col0;
+        last_col = col0;
+        n_last = rz <= 0 ? 0 : rz < valid * VW ? (int)(rz / VW) : valid;
+    }
+    for (int v = 0; v < n_last; ++v)
+        NAME(gru_rz)(x + last_col + v * VW, hh + last_col + v * VW);
+    /* (A2), (A3): fastrnn_gru_gates_fwd's expressions */
+    if (act) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            T r = x[j], z = x[H + j];
+            T nj = TANH(x[2 * H + j] + r * hh[2 * H + j]); /* (A2) */
+            act[j] = r, act[H + j] = z, act[2 * H + j] = nj, act[3 * H + j] = hh[2 * H + j];
+            h[j] = ((T)1 - z) * nj + z * h_prev[j];       /* (A3) */
+        }
+    } else {
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            T r = x[j], z = x[H + j];
+            T nj = TANH(x[2 * H + j] + r * hh[2 * H + j]); /* (A2) */
+            h[j] = ((T)1 - z) * nj + z * h_prev[j];       /* (A3) */
+        }
+    }
+}
+
 #undef PW
 #undef VEC
 #undef NAME

@@ -100,6 +100,14 @@ cdef extern from "fastrnn_step.h" nogil:
                                    double *pre, const double *c_prev, double *act, double *c,
                                    double *h)
 
+    void fastrnn_gru_step_row_f32(Py_ssize_t H, Py_ssize_t K, const float *h_prev,
+                                  const float *packed, Py_ssize_t panel_stride, int reverse,
+                                  const float *b_hh, float *x, float *hh, float *act, float *h)
+    void fastrnn_gru_step_row_f64(Py_ssize_t H, Py_ssize_t K, const double *h_prev,
+                                  const double *packed, Py_ssize_t panel_stride, int reverse,
+                                  const double *b_hh, double *x, double *hh, double *act,
+                                  double *h)
+
 
 cdef extern from "fastrnn_threads.h" nogil:
     ctypedef void (*fastrnn_task)(void *ctx, int t, int nt) noexcept nogil
@@ -599,6 +607,12 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
+        elif cell == GRU and n == 1 and pk != NULL and H % vw == 0:
+            # one row: the fused step (r and z inside the product; fastrnn_step.h)
+            if floating is float:
+                fastrnn_gru_step_row_f32(H, P, hp, pk, ps, s & 1, b_hh, pre, work, act, hn)
+            else:
+                fastrnn_gru_step_row_f64(H, P, hp, pk, ps, s & 1, b_hh, pre, work, act, hn)
         elif cell == GRU:
             fill_rows(n, GH, b_hh, work)
             recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,

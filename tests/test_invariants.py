@@ -334,38 +334,50 @@ def test_batch_one_split_by_units_does_not_change_results(
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
 
 
-@pytest.mark.parametrize("proj", [0, 5], ids=["no-proj", "proj5"])
+FUSED_CASES = [  # (cell, proj_size)
+    pytest.param("lstm", 0, id="lstm"),
+    pytest.param("lstm", 5, id="lstm-proj5"),
+    pytest.param("gru", 0, id="gru"),
+]
+
+
 @pytest.mark.parametrize("hidden", [16, 64, 96, 40], ids=lambda h: f"H{h}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_fused_lstm_step_equals_product_then_gates(dtype, hidden, proj):
-    """A batch-1 LSTM step whose hidden size is a multiple of the vector width runs the fused
-    kernel (fastrnn_step.h: the gate math inside the product; H = 96 puts two gates in one
-    panel, and f32's H = 40 takes the unfused path); a batch of two runs the product and
-    the gates kernels. Each row alone equals its row of the batch bit for bit, inference and
-    training alike, and matches the float64 reference."""
+@pytest.mark.parametrize(("cell", "proj"), FUSED_CASES)
+def test_fused_step_equals_product_then_gates(cell, proj, dtype, hidden):
+    """A batch-1 LSTM or GRU step whose hidden size is a multiple of the vector width runs
+    the fused kernel (fastrnn_step.h: gate math inside the product; H = 96 puts two gates
+    in one panel, GRU's H = 16 and 96 end on a partial panel, f32's H = 40 takes the unfused
+    path); a batch of two runs the product and the gates kernels. Each row alone equals its
+    row of the batch bit for bit, inference and training alike, and matches the float64
+    reference."""
     steps, inputs = 9, 7
     rng = np.random.default_rng(47)
     saved = fastrnn.get_num_threads()
     fastrnn.set_num_threads(1)  # the batch of two then stays one range of rows
     try:
-        model = fastrnn.LSTM(inputs, hidden, proj_size=proj, dtype=dtype, seed=47)
+        kwargs = {"proj_size": proj} if proj else {}
+        model = make_model(cell, inputs, hidden, dtype=dtype, seed=47, **kwargs)
         P = proj or hidden
         x = normal(rng, (steps, 2, inputs), dtype)
         h0 = normal(rng, (1, 2, P), dtype, 0.5)
-        c0 = normal(rng, (1, 2, hidden), dtype, 0.5)
-        y2, (h2, c2) = model(x, (h0, c0))
+        c0 = normal(rng, (1, 2, hidden), dtype, 0.5) if cell == "lstm" else None
+        y2, state2 = model(x, state_args(cell, h0, c0))
+        h2, c2 = split_state(cell, state2)
         for b in range(2):
             rows = slice(b, b + 1)
-            state = (h0[:, rows], c0[:, rows])
-            y1, (h1, c1) = model(x[:, rows], state)
+            c0_b = None if c0 is None else c0[:, rows]
+            y1, state1 = model(x[:, rows], state_args(cell, h0[:, rows], c0_b))
+            h1, c1 = split_state(cell, state1)
             np.testing.assert_array_equal(y1, y2[:, rows])
             np.testing.assert_array_equal(h1, h2[:, rows])
-            np.testing.assert_array_equal(c1, c2[:, rows])
-            yt, _, _ = model.forward_train(x[:, rows], state)
+            if cell == "lstm":
+                np.testing.assert_array_equal(c1, c2[:, rows])
+            yt, _, _ = model.forward_train(x[:, rows], state_args(cell, h0[:, rows], c0_b))
             np.testing.assert_array_equal(yt, y1)
             if not proj:
-                want, _, _ = ref.run_model("lstm", x[:, rows], model.state_dict(), 1, False,
-                                           *state)  # fmt: skip
+                want, _, _ = ref.run_model(cell, x[:, rows], model.state_dict(), 1, False,
+                                           h0[:, rows], c0_b)  # fmt: skip
                 assert_close(y1, want, dtype)
     finally:
         fastrnn.set_num_threads(saved)
