@@ -303,6 +303,7 @@ F32_SIZES = [
     pytest.param(dict(T=4, B=16, I=5, H=70), id="B16-H70"),
     pytest.param(dict(T=4, B=19, I=5, H=20), id="B19-H20"),
     pytest.param(dict(T=3, B=130, I=5, H=20), id="blas-B130-H20"),
+    pytest.param(dict(T=5, B=1, I=4, H=32), id="fused-B1-H32"),
 ]
 
 
@@ -363,6 +364,7 @@ LARGE = [
     pytest.param(dict(T=5, B=13, I=3, H=33), id="B13-H33"),
     pytest.param(dict(T=4, B=20, I=5, H=70), id="B20-H70"),
     pytest.param(dict(T=3, B=130, I=4, H=20), id="blas-B130-H20"),
+    pytest.param(dict(T=5, B=1, I=3, H=16), id="fused-B1-H16"),
 ]
 
 
