@@ -1,6 +1,7 @@
 /*
  * stream_floor.c -- the machine's floor for a batch-1 recurrent step: how fast fastrnn's own
- * one-row product (fastrnn_matvec_ranges_f32, the kernel every batch-1 step runs) streams a
+ * one-row product (fastrnn_matvec_ranges_f32, which the threads of a batch-1 step split by
+ * units run; one thread's LSTM and GRU steps run fastrnn_step.h, the same stream) streams a
  * packed W_hh^T that stays in cache, one thread, and two threads at once on halves of it;
  * and the hidden-unit split's whole step less its gate math (each thread's units of every
  * gate, the state written half by each core, fastrnn's barrier once a step). At batch 1 a
