@@ -26,6 +26,23 @@ static inline __attribute__((always_inline)) void NAME(activate)(T *v, int is_g)
     }
 }
 
+/* acc[v] += sum over k = k0..k1-1 of h[k] * the panel's row k, vector v: the product's
+   multiply-adds, in k order, on a panel of packed columns (row stride PW) */
+static inline __attribute__((always_inline)) void NAME(panel_rows)(ptrdiff_t k0, ptrdiff_t k1,
+                                                                   const T *restrict h,
+                                                                   const T *restrict b,
+                                                                   VEC *acc)
+{
+    for (ptrdiff_t k = k0; k < k1; ++k) {
+        const T x = h[k];
+        for (int v = 0; v < 4; ++v) {
+            VEC w;
+            memcpy(&w, b + k * PW + v * VW, sizeof(VEC));
+            acc[v] += x * w;
+        }
+    }
+}
+
 FASTRNN_CLONES
 void NAME(fastrnn_lstm_step_row)(ptrdiff_t H, ptrdiff_t K, const T *restrict h_prev,
                                  const T *restrict packed, ptrdiff_t panel_stride, int reverse,
@@ -39,18 +56,10 @@ void NAME(fastrnn_lstm_step_row)(ptrdiff_t H, ptrdiff_t K, const T *restrict h_p
         const ptrdiff_t p = reverse ? panels - 1 - i : i;
         const T *b = packed + p * panel_stride;
         VEC acc[4] = {{0}, {0}, {0}, {0}};
-        ptrdiff_t k = 0;
         for (int q = 0; q < 4; ++q) {
             /* a quarter of the k loop, then one vector of the previous panel's activations,
                which the core runs while this loop's loads wait on L2 */
-            for (const ptrdiff_t k1 = K * (q + 1) / 4; k < k1; ++k) {
-                const T x = h_prev[k];
-                for (int v = 0; v < 4; ++v) {
-                    VEC w;
-                    memcpy(&w, b + k * PW + v * VW, sizeof(VEC));
-                    acc[v] += x * w;
-                }
-            }
+            NAME(panel_rows)(K * q / 4, K * (q + 1) / 4, h_prev, b, acc);
             if (last)
                 NAME(activate)(last + q * VW, last_g[q]);
         }
@@ -99,17 +108,9 @@ void NAME(fastrnn_gru_step_row)(ptrdiff_t H, ptrdiff_t K, const T *restrict h_pr
         const ptrdiff_t p = reverse ? panels - 1 - i : i;
         const T *b = packed + p * panel_stride;
         VEC acc[4] = {{0}, {0}, {0}, {0}};
-        ptrdiff_t k = 0;
         for (int q = 0; q < 4; ++q) {
             /* a quarter of the k loop, then one vector of the previous panel's r and z */
-            for (const ptrdiff_t k1 = K * (q + 1) / 4; k < k1; ++k) {
-                const T xk = h_prev[k];
-                for (int v = 0; v < 4; ++v) {
-                    VEC w;
-                    memcpy(&w, b + k * PW + v * VW, sizeof(VEC));
-                    acc[v] += xk * w;
-                }
-            }
+            NAME(panel_rows)(K * q / 4, K * (q + 1) / 4, h_prev, b, acc);
             if (q < n_last)
                 NAME(gru_rz)(x + last_col + q * VW, hh + last_col + q * VW);
         }
