@@ -546,6 +546,9 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef floating *hcell
     cdef Py_ssize_t s, rows = r1 - r0, n = r1 - r0, steps = 0
     cdef Py_ssize_t vw = FASTRNN_VECTOR_F32 if floating is float else FASTRNN_VECTOR_F64
+    # one row on packed weights, no vector of columns across two gates: LSTM and GRU steps
+    # take the fused kernel (fastrnn_step.h)
+    cdef bint fused = rows == 1 and pk != NULL and H % vw == 0
     # the input projection runs a chunk of steps ahead of the loop, so that the chunk is
     # still in cache when its steps read it (the whole sequence's projection at (T, B, H) =
     # (100, 64, 1024 gate columns) is 26 MB: written, then read back from memory)
@@ -591,8 +594,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                 hcell = <floating *> q.hraw + (s * B + r0) * H
             else:
                 hcell = work
-            if n == 1 and pk != NULL and H % vw == 0:
-                # one row: the fused step (the gate math inside the product; fastrnn_step.h)
+            if fused:  # the gate math inside the product
                 if floating is float:
                     fastrnn_lstm_step_row_f32(H, P, hp, pk, ps, s & 1, pre, cp, act, cn, hcell)
                 else:
@@ -607,8 +609,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             if q.proj:  # h = W_hr (o * tanh(c))
                 gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, hcell, <int> H,
                      w_hr, <int> H, <floating> 0, hn, <int> P)
-        elif cell == GRU and n == 1 and pk != NULL and H % vw == 0:
-            # one row: the fused step (r and z inside the product; fastrnn_step.h)
+        elif cell == GRU and fused:  # r and z inside the product
             if floating is float:
                 fastrnn_gru_step_row_f32(H, P, hp, pk, ps, s & 1, b_hh, pre, work, act, hn)
             else:
