@@ -31,6 +31,7 @@ def gemm_buffer_size(GH: int, double: bool) -> int: ...
 def pool_selftest(jobs: int) -> int: ...
 def pipe_selftest(runs: int, chunks: int, slots: int) -> int: ...
 def pipes_started() -> int: ...
+def deferred_pairs_run() -> int: ...
 def projection_steps(batch: int, S: int, GH: int) -> int: ...
 
 gather_steps: _Fused
@@ -40,11 +41,16 @@ scatter_steps: _Fused
 forward: _Fused
 """forward(cell, training, packed, xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order,
 bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack,
-bwpack, bipack)"""
+bwpack, bipack, later=None): with a Deferred `later`, prepared there and not run"""
 backward: _Fused
 """backward(cell, packed, xc, w_ih, w_hh, w_hr, lengths, order, bounds, unit_threads, hs, cs,
 acts, hraw, dyc, dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,
-work, wpack, ipack, gbuf)"""
+work, wpack, ipack, gbuf, later=None)"""
+class Deferred:
+    """A prepared forward() or backward() call (its arrays held), run by run_deferred."""
+
+def run_deferred(first: Deferred, second: Deferred | None = None) -> None: ...
+
 sigmoid: _Fused
 """sigmoid(x (n,), out (n,))"""
 tanh: _Fused

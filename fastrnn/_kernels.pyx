@@ -1246,6 +1246,208 @@ cdef void *data(cnp.ndarray a, int ndim, int typenum, bint out) except? NULL:
 # Forward
 # ---------------------------------------------------------------------------------------
 
+cdef struct ForwardCall:
+    # One forward() call: its Seq and what the call does around the time loop.
+    Seq q
+    const void *h0
+    const void *c0
+    void *h_n
+    void *c_n
+    void *xproj
+    const void *b_ih
+    void *pk                # wpack, or NULL (BLAS)
+    bint packed
+    const int64_t *bounds
+    int nt
+    int unit_threads
+    bint helper
+
+
+cdef struct BackwardCall:
+    # One backward() call: its Seq, its weight-gradient products and the rest it needs.
+    Seq q
+    WGrad wg
+    bint packed
+    const void *dh_n
+    const void *dc_n
+    void *dh0
+    void *dc0
+    void *dgx
+    void *gbuf
+    int gbuf_threads
+    Py_ssize_t gbuf_size
+    const int64_t *bounds
+    int nt
+    int unit_threads
+
+
+DEF FORWARD_CALL = 1
+DEF BACKWARD_CALL = 2
+DEF EMPTY_CALL = 3      # a forward() call with nothing to run (batch 0)
+
+cdef long pairs_run = 0  # run_deferred calls that ran two calls at once
+
+
+cdef class Deferred:
+    """A forward() or backward() call, checked and prepared but not run: run_deferred()
+    runs it (two at once on the pool: the two directions of a bidirectional layer). Holds
+    the call's arrays, so that its pointers stay valid."""
+    cdef int kind
+    cdef bint double
+    cdef object arrays
+    cdef ForwardCall forward
+    cdef BackwardCall backward
+
+    cdef keep(self, int kind, bint double, tuple arrays):
+        self.kind, self.double, self.arrays = kind, double, arrays
+
+
+cdef struct Runnable:
+    int kind
+    bint double
+    ForwardCall *forward
+    BackwardCall *backward
+
+
+cdef void run_one(const Runnable *call) noexcept nogil:
+    if call.kind == FORWARD_CALL and call.double:
+        forward_call(call.forward, <double> 0)
+    elif call.kind == FORWARD_CALL:
+        forward_call(call.forward, <float> 0)
+    elif call.kind == BACKWARD_CALL and call.double:
+        backward_call(call.backward, <double> 0)
+    elif call.kind == BACKWARD_CALL:
+        backward_call(call.backward, <float> 0)
+
+
+cdef void pair_task(void *ctx, int t, int nt) noexcept nogil:
+    """Call t of two, alone on its thread. Its loops run on this thread too (the pool does
+    not nest), each flushing denormals as it does anywhere: the same numbers."""
+    run_one(<const Runnable *> ctx + t)
+
+
+cdef Runnable runnable(Deferred call) except *:
+    cdef Runnable r
+    if call.kind == 0:
+        raise ValueError("run_deferred: a call that was not prepared, or already run")
+    r.kind, r.double, r.forward, r.backward = call.kind, call.double, &call.forward, &call.backward
+    return r
+
+
+def run_deferred(Deferred first, Deferred second=None):
+    """Run prepared calls: `first` alone, or `first` and `second` at once, one a thread
+    (each must have been prepared for one thread: bounds of one range, unit_threads 1).
+    When the pool is busy, they run one after the other on this thread. Each runs once."""
+    cdef Runnable calls[2]
+    calls[0] = runnable(first)
+    if second is None:
+        first.kind = 0
+        with nogil:
+            run_one(&calls[0])
+        return
+    if second is first:
+        raise ValueError("run_deferred: the same call twice")
+    calls[1] = runnable(second)
+    first.kind = second.kind = 0
+    global pairs_run
+    pairs_run += 1
+    with nogil:
+        fastrnn_parallel(2, pair_task, calls)
+
+
+def deferred_pairs_run():
+    """How many times run_deferred has run two calls at once (the tests' proof that a
+    bidirectional layer took that path)."""
+    return pairs_run
+
+
+cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
+    """The work of forward() once its arguments are checked: initial state, packing, input
+    projection, the time loop on call.nt threads, final state."""
+    cdef Seq *q = &call.q
+    cdef int cell = q.cell
+    cdef Py_ssize_t S = q.S, B = q.B, H = q.H, P = q.P, GH = q.GH, I = q.n_in, NH = q.NH
+    cdef Py_ssize_t j, r
+    cdef const int64_t *order_ = q.order
+    cdef const int64_t *lengths_ = q.lengths
+    cdef const floating *h0_ = <const floating *> call.h0
+    cdef const floating *c0_ = <const floating *> call.c0
+    cdef floating *h_n_ = <floating *> call.h_n
+    cdef floating *c_n_ = <floating *> call.c_n
+    cdef floating *hs_ = <floating *> q.hs
+    cdef floating *cs_ = <floating *> q.cs
+    cdef floating *xproj_ = <floating *> call.xproj
+    cdef const floating *xc_ = <const floating *> q.xc
+    cdef const floating *w_ih_ = <const floating *> q.w_ih
+    cdef const floating *w_hh_ = <const floating *> q.w_hh
+    cdef const floating *b_ih = <const floating *> call.b_ih
+    cdef const floating *b_hh_ = <const floating *> q.b_hh
+    cdef floating *bias = <floating *> q.bias
+    cdef floating *pk = <floating *> call.pk
+    cdef floating *pk_n = NULL
+    cdef floating *ipk = <floating *> q.ipk
+    cdef floating *bpk = <floating *> q.bpk
+    cdef floating *bipk = <floating *> q.bipk
+    cdef bint packed = call.packed, helper = call.helper
+    cdef int nt = call.nt, unit_threads = call.unit_threads
+    cdef const int64_t *bounds_ = call.bounds
+    # initial state, permuted to compact row order
+    for j in range(B):
+        memcpy(hs_ + j * P, h0_ + order_[j] * P, P * sizeof(floating))
+        if cell == LSTM:
+            memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
+    if pk != NULL and cell == GRU_B:
+        pk_n = pk + packed_size(H, 2 * H, floating is double)
+    q.pk, q.pk_n = pk, pk_n
+    if helper and nt == 1 and ipk != NULL and not units_apply(q, unit_threads):
+        q.pipe_steps = pipe_steps(B, I, GH, q.chunk)
+    if q.pipe_steps > 0:
+        # the ring holds whole chunks, at most FASTRNN_PIPE_SLOTS of them
+        q.chunk = min(q.chunk // q.pipe_steps, FASTRNN_PIPE_SLOTS) * q.pipe_steps
+    # the threads of a batch-1 unit split share the packing (forward_units); a caller
+    # that keeps workspaces (a stream) marks them packed after this call, so everything
+    # is packed here even when no step runs (S == 0)
+    q.pack_units = not packed and S > 0 and units_apply(q, unit_threads)
+    if not packed and not q.pack_units:
+        if pk != NULL and cell == GRU_B:
+            pack(H, 2 * H, True, w_hh_, H, pk)
+            pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
+        elif pk != NULL:
+            pack(P, GH, True, w_hh_, P, pk)
+        if ipk != NULL:
+            pack(I, GH, True, w_ih_, I, ipk)
+    if bpk != NULL and not q.pack_units:
+        pack(GH, P, False, w_hh_, P, bpk)
+        pack(GH, I, False, w_ih_, I, bipk)
+    if not packed:
+        # biases folded into the input projection where they add (GRU keeps b_hh
+        # apart, since r multiplies its n block (A2))
+        for r in range(GH):
+            bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
+    if S > 0:
+        # (1) the input projection of every step: here by BLAS at a large batch, else
+        # per row range by the own kernel inside run_rows
+        if ipk == NULL:
+            fill_rows(S * B, GH, bias, xproj_)
+            gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
+                 w_ih_, <int> I, <floating> 1, xproj_, <int> GH)
+        # (2) the time loop: row ranges in parallel, or one row's hidden units
+        if units_apply(q, unit_threads):
+            run_units(q, xproj_, False, unit_threads)
+        elif q.pipe_steps > 0:
+            run_pipe(q, xproj_)
+        else:
+            run_rows(q, xproj_, False, bounds_, nt)
+    # final state of each row: the state after its own last step
+    for j in range(B):
+        r = lengths_[order_[j]]
+        memcpy(h_n_ + order_[j] * P, state_before(q, r, j, <floating> 0),
+               P * sizeof(floating))
+        r = r % NH
+        if cell == LSTM:
+            memcpy(c_n_ + order_[j] * H, cs_ + (r * B + j) * H, H * sizeof(floating))
+
+
 def forward(int cell,
             bint training,                      # keep what backward needs in hs, cs, acts, hraw
             bint packed,                        # wpack and ipack already hold these weights
@@ -1284,7 +1486,9 @@ def forward(int cell,
                                                 #      W_ih^T packed when the own kernel runs
             cnp.ndarray bwpack,                 # OUT  training: backward()'s wpack, packed
                                                 #      here from these weights; else empty
-            cnp.ndarray bipack):                # OUT  training: backward()'s ipack; else empty
+            cnp.ndarray bipack,                 # OUT  training: backward()'s ipack; else empty
+            Deferred later=None):               # given: only prepare the call, which
+                                                #      run_deferred() runs later
     """Run one layer in one direction over a compact sequence.
 
     H is the cell's width and P the state's (P == H except for an LSTM with a projection,
@@ -1296,7 +1500,11 @@ def forward(int cell,
     in place before backward runs do not change its gradients. Inference keeps the initial
     state in hs[0] and reads every later one from yc (each step writes its state there
     once); the LSTM cell state ping-pongs between cs[0] and cs[1].
+
+    With `later`, the arrays' pointers are checked and kept in `later` (which holds the
+    arrays too) and the call runs in run_deferred(), the GIL released, perhaps beside another.
     """
+    cdef ForwardCall call
     cdef Seq q
     cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE
     cdef int G = num_gates(cell)
@@ -1346,6 +1554,8 @@ def forward(int cell,
             ipack.shape[0] < GH or h0.size < B * P or h_n.size < B * P):
         raise ValueError("forward: inconsistent workspace sizes (a bug in fastrnn)")
     if B == 0:
+        if later is not None:
+            later.keep(EMPTY_CALL, floating is double, ())
         return
     q.cell, q.training, q.proj = cell, training, w_hr.shape[0] > 0
     q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, NH, acts.shape[0]
@@ -1358,67 +1568,115 @@ def forward(int cell,
     q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
     q.pipe, q.pipe_steps = NULL, 0
     q.bpk, q.bipk = bpk, bipk
+    call.q = q
+    call.h0, call.c0, call.h_n, call.c_n = h0_, c0_, h_n_, c_n_
+    call.xproj, call.b_ih, call.pk, call.packed = xproj_, &b_ih[0], pk, packed
+    call.bounds, call.nt, call.unit_threads, call.helper = bounds_, nt, unit_threads, helper
+    if later is not None:
+        later.keep(FORWARD_CALL, floating is double,
+                   (xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order, bounds, yc, h_n,
+                    c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack, bwpack, bipack))
+        later.forward = call
+        return
     with nogil:
-        # initial state, permuted to compact row order
-        for j in range(B):
-            memcpy(hs_ + j * P, h0_ + order_[j] * P, P * sizeof(floating))
-            if cell == LSTM:
-                memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
-        if pk != NULL and cell == GRU_B:
-            pk_n = pk + packed_size(H, 2 * H, floating is double)
-        q.pk, q.pk_n = pk, pk_n
-        if helper and nt == 1 and ipk != NULL and not units_apply(&q, unit_threads):
-            q.pipe_steps = pipe_steps(B, I, GH, q.chunk)
-        if q.pipe_steps > 0:
-            # the ring holds whole chunks, at most FASTRNN_PIPE_SLOTS of them
-            q.chunk = min(q.chunk // q.pipe_steps, FASTRNN_PIPE_SLOTS) * q.pipe_steps
-        # the threads of a batch-1 unit split share the packing (forward_units); a caller
-        # that keeps workspaces (a stream) marks them packed after this call, so everything
-        # is packed here even when no step runs (S == 0)
-        q.pack_units = not packed and S > 0 and units_apply(&q, unit_threads)
-        if not packed and not q.pack_units:
-            if pk != NULL and cell == GRU_B:
-                pack(H, 2 * H, True, w_hh_, H, pk)
-                pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-            elif pk != NULL:
-                pack(P, GH, True, w_hh_, P, pk)
-            if ipk != NULL:
-                pack(I, GH, True, w_ih_, I, ipk)
-        if bpk != NULL and not q.pack_units:
-            pack(GH, P, False, w_hh_, P, bpk)
-            pack(GH, I, False, w_ih_, I, bipk)
-        if not packed:
-            # biases folded into the input projection where they add (GRU keeps b_hh
-            # apart, since r multiplies its n block (A2))
-            for r in range(GH):
-                bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
-        if S > 0:
-            # (1) the input projection of every step: here by BLAS at a large batch, else
-            # per row range by the own kernel inside run_rows
-            if ipk == NULL:
-                fill_rows(S * B, GH, bias, xproj_)
-                gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
-                     w_ih_, <int> I, <floating> 1, xproj_, <int> GH)
-            # (2) the time loop: row ranges in parallel, or one row's hidden units
-            if units_apply(&q, unit_threads):
-                run_units(&q, xproj_, False, unit_threads)
-            elif q.pipe_steps > 0:
-                run_pipe(&q, xproj_)
-            else:
-                run_rows(&q, xproj_, False, bounds_, nt)
-        # final state of each row: the state after its own last step
-        for j in range(B):
-            r = lengths_[order_[j]]
-            memcpy(h_n_ + order_[j] * P, state_before(&q, r, j, <floating> 0),
-                   P * sizeof(floating))
-            r = r % NH
-            if cell == LSTM:
-                memcpy(c_n_ + order_[j] * H, cs_ + (r * B + j) * H, H * sizeof(floating))
+        forward_call(&call, <floating> 0)
 
 
 # ---------------------------------------------------------------------------------------
 # Backward through time
 # ---------------------------------------------------------------------------------------
+
+cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
+    """The work of backward() once its arguments are checked."""
+    cdef Seq *q = &call.q
+    cdef WGrad *wg = &call.wg
+    cdef int cell = q.cell, nt = call.nt, unit_threads = call.unit_threads
+    cdef bint proj = q.proj, packed = call.packed
+    cdef Py_ssize_t S = q.S, B = q.B, H = q.H, P = q.P, GH = q.GH, I = q.n_in, SB = S * B
+    cdef Py_ssize_t j
+    cdef const int64_t *order_ = q.order
+    cdef const int64_t *bounds_ = call.bounds
+    cdef const floating *xc_ = <const floating *> wg.xc
+    cdef const floating *w_ih_ = <const floating *> q.w_ih
+    cdef const floating *w_hh_ = <const floating *> q.w_hh
+    cdef const floating *hs_ = <const floating *> wg.hs
+    cdef const floating *acts_ = <const floating *> wg.acts
+    cdef const floating *hraw_ = <const floating *> wg.hraw
+    cdef const floating *dh_n_ = <const floating *> call.dh_n
+    cdef const floating *dc_n_ = <const floating *> call.dc_n
+    cdef floating *dxc_ = <floating *> q.xc
+    cdef floating *dh0_ = <floating *> call.dh0
+    cdef floating *dc0_ = <floating *> call.dc0
+    cdef floating *dw_ih_ = <floating *> wg.dw_ih
+    cdef floating *dw_hh_ = <floating *> wg.dw_hh
+    cdef floating *db_ih_ = <floating *> wg.db_ih
+    cdef floating *db_hh_ = <floating *> wg.db_hh
+    cdef floating *dw_hr_ = <floating *> wg.dw_hr
+    cdef floating *dgx_ = <floating *> call.dgx
+    cdef floating *dgh_ = <floating *> wg.dgh
+    cdef floating *dhs_ = <floating *> wg.dhs
+    cdef floating *gbuf_ = <floating *> call.gbuf
+    cdef floating *pk = <floating *> q.pk
+    cdef floating *ipk = <floating *> q.ipk
+    cdef floating *dh = <floating *> q.work
+    cdef floating *dc = <floating *> q.work + B * H
+    if S == 0 or B == 0:  # otherwise the products below write every gradient
+        memset(dw_ih_, 0, GH * I * sizeof(floating))
+        memset(dw_hh_, 0, GH * P * sizeof(floating))
+        memset(db_ih_, 0, GH * sizeof(floating))
+        memset(db_hh_, 0, GH * sizeof(floating))
+        if proj:
+            memset(dw_hr_, 0, P * H * sizeof(floating))
+    if B > 0:
+        if pk != NULL and not (packed or q.pack_units):
+            pack(GH, P, False, w_hh_, P, pk)
+        if ipk != NULL and not (packed or q.pack_units):
+            pack(GH, I, False, w_ih_, I, ipk)
+        for j in range(B):
+            memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
+            if cell == LSTM:
+                memcpy(dc + j * H, dc_n_ + order_[j] * H, H * sizeof(floating))
+        if units_apply(q, unit_threads):
+            run_units(q, dgx_, True, unit_threads)
+        else:
+            run_rows(q, dgx_, True, bounds_, nt)
+        for j in range(B):
+            memcpy(dh0_ + order_[j] * P, dh + j * P, P * sizeof(floating))
+            if cell == LSTM:
+                memcpy(dc0_ + order_[j] * H, dc + j * H, H * sizeof(floating))
+        if S > 0 and ipk != NULL:
+            run_weight_grads(wg, gbuf_, call.gbuf_size, call.gbuf_threads)
+        elif S > 0:
+            # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
+            gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, dgx_, <int> GH,
+                 xc_, <int> I, <floating> 0, dw_ih_, <int> I)
+            gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, dgx_, <int> GH,
+                 w_ih_, <int> I, <floating> 0, dxc_, <int> I)
+            column_sums(SB, GH, dgx_, GH, db_ih_)
+            # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
+            if cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
+                gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
+                     <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
+                gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgh_, <int> H,
+                     hs_, <int> H, <floating> 0, dw_hh_ + 2 * H * H, <int> H)
+                memcpy(db_hh_, db_ih_, 2 * H * sizeof(floating))
+                column_sums(SB, H, dgh_, H, db_hh_ + 2 * H)
+            elif cell == GRU_B:
+                # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
+                gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
+                     <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
+                gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgx_ + 2 * H,
+                     <int> GH, acts_ + 3 * H, <int> (4 * H), <floating> 0,
+                     dw_hh_ + 2 * H * H, <int> H)
+                memcpy(db_hh_, db_ih_, GH * sizeof(floating))
+            else:
+                gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, dgx_, <int> GH,
+                     hs_, <int> P, <floating> 0, dw_hh_, <int> P)
+                memcpy(db_hh_, db_ih_, GH * sizeof(floating))
+            if proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
+                gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, dhs_, <int> P,
+                     hraw_, <int> H, <floating> 0, dw_hr_, <int> H)
+
 
 def backward(int cell,
              bint packed,                       # wpack and ipack hold the packs forward made
@@ -1453,9 +1711,10 @@ def backward(int cell,
                                                 #      the small-batch kernel; empty for BLAS
              cnp.ndarray ipack,                 # WORK backward_input_pack_size(...): W_ih
                                                 #      packed for dX; empty for BLAS
-             cnp.ndarray gbuf):                 # WORK (threads, gemm_buffer_size()) scratch
+             cnp.ndarray gbuf,                  # WORK (threads, gemm_buffer_size()) scratch
                                                 #      of the weight-gradient products, one
                                                 #      row a thread (its rows: their threads)
+             Deferred later=None):              # given: only prepare (see forward())
     """Backpropagation through time of one forward() call made in training mode.
 
     Steps run from the last down to 0 on the rows still running there; a row's state
@@ -1465,6 +1724,7 @@ def backward(int cell,
     on fastrnn's threads too (dX by row ranges, weight gradients by column panels), so no
     BLAS thread pool competes with them; larger batches take BLAS.
     """
+    cdef BackwardCall call
     cdef Seq q
     cdef WGrad wg
     cdef int ft = FLOAT_TYPE if floating is float else DOUBLE_TYPE
@@ -1531,63 +1791,20 @@ def backward(int cell,
     q.bpk = q.bipk = NULL
     # the unit-split threads pack the columns they read themselves, in parallel
     q.pack_units = not packed and units_apply(&q, unit_threads)
+    call.q, call.wg = q, wg
+    call.packed, call.dh_n, call.dc_n, call.dh0, call.dc0 = packed, dh_n_, dc_n_, dh0_, dc0_
+    call.dgx, call.gbuf = dgx_, gbuf_
+    call.gbuf_threads, call.gbuf_size = <int> gbuf.shape[0], gbuf.shape[1]
+    call.bounds, call.nt, call.unit_threads = bounds_, nt, unit_threads
+    if later is not None:
+        later.keep(BACKWARD_CALL, floating is double,
+                   (xc, w_ih, w_hh, w_hr, lengths, order, bounds, hs, cs, acts, hraw, dyc,
+                    dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,
+                    work, wpack, ipack, gbuf))
+        later.backward = call
+        return
     with nogil:
-        if S == 0 or B == 0:  # otherwise the products below write every gradient
-            memset(dw_ih_, 0, GH * I * sizeof(floating))
-            memset(dw_hh_, 0, GH * P * sizeof(floating))
-            memset(&db_ih[0], 0, GH * sizeof(floating))
-            memset(db_hh_, 0, GH * sizeof(floating))
-            if proj:
-                memset(dw_hr_, 0, P * H * sizeof(floating))
-        if B > 0:
-            if pk != NULL and not (packed or q.pack_units):
-                pack(GH, P, False, w_hh_, P, pk)
-            if ipk != NULL and not (packed or q.pack_units):
-                pack(GH, I, False, w_ih_, I, ipk)
-            for j in range(B):
-                memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
-                if cell == LSTM:
-                    memcpy(dc + j * H, dc_n_ + order_[j] * H, H * sizeof(floating))
-            if units_apply(&q, unit_threads):
-                run_units(&q, dgx_, True, unit_threads)
-            else:
-                run_rows(&q, dgx_, True, bounds_, nt)
-            for j in range(B):
-                memcpy(dh0_ + order_[j] * P, dh + j * P, P * sizeof(floating))
-                if cell == LSTM:
-                    memcpy(dc0_ + order_[j] * H, dc + j * H, H * sizeof(floating))
-            if S > 0 and ipk != NULL:
-                run_weight_grads(&wg, gbuf_, gbuf.shape[1], <int> gbuf.shape[0])
-            elif S > 0:
-                # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
-                gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, dgx_, <int> GH,
-                     xc_, <int> I, <floating> 0, dw_ih_, <int> I)
-                gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, dgx_, <int> GH,
-                     w_ih_, <int> I, <floating> 0, dxc_, <int> I)
-                column_sums(SB, GH, dgx_, GH, &db_ih[0])
-                # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
-                if cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
-                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
-                         <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
-                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgh_, <int> H,
-                         hs_, <int> H, <floating> 0, dw_hh_ + 2 * H * H, <int> H)
-                    memcpy(db_hh_, &db_ih[0], 2 * H * sizeof(floating))
-                    column_sums(SB, H, dgh_, H, db_hh_ + 2 * H)
-                elif cell == GRU_B:
-                    # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
-                    gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
-                         <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
-                    gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgx_ + 2 * H,
-                         <int> GH, acts_ + 3 * H, <int> (4 * H), <floating> 0,
-                         dw_hh_ + 2 * H * H, <int> H)
-                    memcpy(db_hh_, &db_ih[0], GH * sizeof(floating))
-                else:
-                    gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, dgx_, <int> GH,
-                         hs_, <int> P, <floating> 0, dw_hh_, <int> P)
-                    memcpy(db_hh_, &db_ih[0], GH * sizeof(floating))
-                if proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
-                    gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, dhs_, <int> P,
-                         hraw_, <int> H, <floating> 0, dw_hr_, <int> H)
+        backward_call(&call, <floating> 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class Tape:
     identity: bool  # compact layout == user layout (forward, no lengths)
     T: int
     packs: tuple  # (W_hh, W_ih) packed for backward by forward, or () (backward packs them)
+    alone: bool = False  # forward ran on one thread beside the other direction; backward too
 
 
 # Scratch arrays of 64 KiB and more, kept from one call to the next (a few of each shape, up
@@ -379,8 +380,13 @@ def forward(
     h_n: np.ndarray | None = None,
     c_n: np.ndarray | None = None,
     ws: dict | None = None,
+    later: _kernels.Deferred | None = None,
 ):
     """Run one layer-direction. Returns (y (T,B,P), h_n (B,P), c_n (B,H) or None, tape or None).
+
+    With `later`, the call is prepared for one thread and not run: it returns a function
+    that gives those results once _kernels.run_deferred(later, ...) has run it (beside the
+    other direction of a bidirectional layer).
 
     h_n and c_n, when given, receive the final state (they may be h0 and c0 themselves: the
     kernel reads the initial state before it writes the final one). `ws`, a dict kept by the
@@ -398,8 +404,9 @@ def forward(
     if ws is None and not training:
         # a frozen layer-direction gets its own, so that the layers of a stack (or several
         # models) of one configuration do not pack over each other's kept weights
+        # the direction too: both directions of a layer may run at once (run_deferred)
         buffer = _thread_buffers(
-            (cell, S, B, I, H, P, dtype, proj, weights.frozen and id(weights.w_hh))
+            (cell, S, B, I, H, P, dtype, proj, weights.frozen and id(weights.w_hh), reverse)
         )
     if buffer is None:
         shapes, _ = _forward_shapes(cell, S, B, I, H, P, dtype, training, proj)
@@ -432,7 +439,9 @@ def forward(
         weights, bpacks = _training_weights(cell, weights, B, P, H, I)
     else:
         bpacks = _no_packs(dtype)
-    if lengths is None:
+    if later is not None:
+        bounds, unit_threads, helper = _threads.one_range(B), 1, False
+    elif lengths is None:
         bounds, unit_threads, helper = _full_length_split(
             S, B, I, G * H, P, _threads.get_num_threads()
         )
@@ -443,34 +452,61 @@ def forward(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts,
-        hraw, work, wpack, ipack, *bpacks,
+        hraw, work, wpack, ipack, *bpacks, later,
     )  # fmt: skip
 
+    def finish():
+        return _finish_forward(
+            cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n,
+            c_n, (xproj, hs, cs, acts, work, hraw, wpack, ipack), bpacks, bounds, unit_threads,
+            later is not None,
+        )  # fmt: skip
+
+    return finish if later is not None else finish()
+
+
+def _finish_forward(
+    cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
+    internal, bpacks, bounds, unit_threads, alone,
+):  # fmt: skip
+    """forward()'s results once its kernel has run: scratch released, y in the user's
+    layout, the tape."""
+    xproj, hs, cs, acts, work, hraw, wpack, ipack = internal
+    P = h_n.shape[1]
+    is_lstm = cell == "lstm"
     if buffer.ws is None:  # internal arrays no result refers to; a tape keeps its own
         _release(xproj, work, wpack, ipack, *(() if training else (hs, cs, acts)))
     if identity:
         y = yc
     else:
         y = buffer.result("y", (T, B, P))
-        _kernel("scatter_steps", dtype)(yc, lens, order, reverse, y)
+        _kernel("scatter_steps", yc.dtype)(yc, lens, order, reverse, y)
         buffer.release_sequence(yc, *(() if training else (xc,)))
     tape = None
     if training:
         packs = bpacks if bpacks[0].size else ()
         tape = Tape(
             cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
-            reverse, identity, T, packs,
+            reverse, identity, T, packs, alone,
         )  # fmt: skip
         # when the tape dies (its backward closure dropped), its arrays become spares
         weakref.finalize(tape, _release, hs, cs, acts, hraw, *packs)
     return y, h_n, (c_n if is_lstm else None), tape
 
 
-def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | None):
+def backward(
+    tape: Tape,
+    dy: np.ndarray,
+    dh_n: np.ndarray,
+    dc_n: np.ndarray | None,
+    later: _kernels.Deferred | None = None,
+):
     """Gradients of one layer-direction from its tape.
 
     Returns (dx (T,B,I), dh0 (B,P), dc0 (B,H) or None, dict of gradients keyed weight_ih,
-    weight_hh, bias_ih, bias_hh and, with a projection, weight_hr).
+    weight_hh, bias_ih, bias_hh and, with a projection, weight_hr). With `later`, as
+    forward(): prepared for one thread, and a function giving them once run_deferred has
+    run the call.
     """
     w = tape.weights
     S, B, I = tape.xc.shape
@@ -505,23 +541,28 @@ def backward(tape: Tape, dy: np.ndarray, dh_n: np.ndarray, dc_n: np.ndarray | No
     packs = tape.packs or _backward_packs(tape.cell, B, P, H, I, dtype)
     packs = packs or (np.empty(0, dtype), np.empty(0, dtype))
     wpack, ipack = packs
-    grad_threads = _threads.product_threads(S * B * G * H * (I + P))
+    alone = later is not None  # prepared for one thread, beside the other direction
+    grad_threads = 1 if alone else _threads.product_threads(S * B * G * H * (I + P))
     gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
         CELL_CODES[tape.cell], bool(tape.packs), tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
-        tape.order, tape.bounds, tape.unit_threads,
+        tape.order, _threads.one_range(B) if alone else tape.bounds,
+        1 if alone else tape.unit_threads,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
-        grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf,
+        grads["weight_hr"], dgx, dgh, dhs, work, wpack, ipack, gbuf, later,
     )  # fmt: skip
-    _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else packs))
-    if w.w_hr is None:
-        del grads["weight_hr"]
 
-    if tape.identity:
-        dx = dxc
-    else:
-        dx = np.empty((tape.T, B, I), dtype)
-        _kernel("scatter_steps", dtype)(dxc, tape.lengths, tape.order, tape.reverse, dx)
-    return dx, dh0, (dc0 if is_lstm else None), grads
+    def finish():
+        _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else packs))
+        if w.w_hr is None:
+            del grads["weight_hr"]
+        if tape.identity:
+            dx = dxc
+        else:
+            dx = np.empty((tape.T, B, I), dtype)
+            _kernel("scatter_steps", dtype)(dxc, tape.lengths, tape.order, tape.reverse, dx)
+        return dx, dh0, (dc0 if is_lstm else None), grads
+
+    return finish if later is not None else finish()

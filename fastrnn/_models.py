@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, _layer, _validate
+from . import _kernels, _layer, _threads, _validate
 
 _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -269,17 +269,25 @@ class RecurrentModel:
         c_n = np.empty_like(c0) if c0 is not None else None
         tapes, masks = [], []
         layer_in = xs
+        G, P = self._gate_count, self._h_size
         for layer in range(L):
-            outs = []
+            layer_I = layer_in.shape[2]
+            # the directions of a bidirectional layer at once, one thread each
+            pair = D == 2 and _threads.pair_directions(B, T, G * H * (layer_I + P))
+            deferred = [_kernels.Deferred() for _ in range(D)] if pair else [None] * D
+            results = []
             for d in range(D):
                 k = layer * D + d
-                y, _, _, tape = _layer.forward(
+                results.append(_layer.forward(
                     self._cell, self._weights(layer, d), layer_in, h0[k],
                     None if c0 is None else c0[k], lens, bool(d), training,
-                    h_n=h_n[k], c_n=None if c_n is None else c_n[k],
-                )  # fmt: skip
-                outs.append(y)
-                tapes.append(tape)
+                    h_n=h_n[k], c_n=None if c_n is None else c_n[k], later=deferred[d],
+                ))  # fmt: skip
+            if pair:
+                _kernels.run_deferred(*deferred)
+                results = [finish() for finish in results]
+            outs = [y for y, _, _, _ in results]
+            tapes.extend(tape for _, _, _, tape in results)
             layer_out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if training and self.dropout > 0.0 and layer < L - 1:
                 keep = 1.0 - self.dropout
@@ -368,12 +376,21 @@ class RecurrentModel:
                 g = g.copy()
                 _kernels.multiply(g.reshape(-1), masks[layer].reshape(-1), g.reshape(-1))
             dx_layer = None
+            # directions whose forward passes ran at once run their backward passes so too
+            pair = D == 2 and tapes[layer * D].alone and tapes[layer * D + 1].alone
+            deferred = [_kernels.Deferred() for _ in range(D)] if pair else [None] * D
+            results = []
             for d in range(D):
                 k = layer * D + d
                 dy_d = g if D == 1 else np.ascontiguousarray(g[:, :, d * H : (d + 1) * H])
-                dx, dh0_k, dc0_k, grads = _layer.backward(
-                    tapes[k], dy_d, dh[k], None if dc is None else dc[k]
-                )
+                results.append(_layer.backward(
+                    tapes[k], dy_d, dh[k], None if dc is None else dc[k], later=deferred[d]
+                ))  # fmt: skip
+            if pair:
+                _kernels.run_deferred(*deferred)
+                results = [finish() for finish in results]
+            for d, (dx, dh0_k, dc0_k, grads) in enumerate(results):
+                k = layer * D + d
                 dh0[k] = dh0_k
                 if dc0 is not None:
                     dc0[k] = dc0_k
