@@ -46,6 +46,7 @@ backward: _Fused
 """backward(cell, packed, xc, w_ih, w_hh, w_hr, lengths, order, bounds, unit_threads, hs, cs,
 acts, hraw, dyc, dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,
 work, wpack, ipack, gbuf, later=None)"""
+
 class Deferred:
     """A prepared forward() or backward() call (its arrays held), run by run_deferred."""
 
