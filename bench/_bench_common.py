@@ -29,6 +29,8 @@ GRID = (
     (1000, 1, 32, 32),
 )
 STACKED_SHAPE = (100, 16, 128, 128)  # where the 2-layer bidirectional models run
+# and a batch of one, where the two directions of a layer run at once on two threads
+STACKED_SHAPES = (STACKED_SHAPE, (100, 1, 64, 64))
 
 _FASTRNN_CLASSES = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 _TORCH_CLASS_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}

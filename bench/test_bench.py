@@ -9,7 +9,7 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
   torch forward then backward of ``(y * dy).sum()``, with x requiring grad so that both
   compute the input gradient.
 
-A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPE`` in both modes too, and
+A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPES`` in both modes too, and
 fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
 weights stay packed between calls), in the same group.
 torch benchmarks are skipped when torch is not installed.
@@ -101,9 +101,9 @@ def test_single_layer(benchmark, cell, shape, mode, framework):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("mode", common.MODES)
+@pytest.mark.parametrize("shape", common.STACKED_SHAPES, ids=common.shape_id)
 @pytest.mark.parametrize("cell", common.CELLS)
-def test_two_layer_bidirectional(benchmark, cell, mode, framework):
-    shape = common.STACKED_SHAPE
+def test_two_layer_bidirectional(benchmark, cell, shape, mode, framework):
     benchmark.group = f"{cell}-{mode}-L2-bidirectional-{common.shape_id(shape)}"
     _bench(benchmark, cell, shape, mode, framework, num_layers=2, bidirectional=True)
 

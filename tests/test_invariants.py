@@ -469,6 +469,112 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
 
 
+@pytest.fixture
+def pair_threads():
+    """Set the thread count for one test (restored after), with the cut-off at zero so that
+    even these small bidirectional layers run their two directions at once."""
+    saved = fastrnn.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    yield fastrnn.set_num_threads
+    mp.undo()
+    fastrnn.set_num_threads(saved)
+
+
+PAIR_CASES = [  # (lengths, batch); H = 16 takes the fused step at batch 1 (float32)
+    pytest.param(None, 1, id="B1"),
+    pytest.param([0], 1, id="B1-length-0"),
+    pytest.param([7, 0, 9, 4], 4, id="B4-lengths"),
+    pytest.param(None, 0, id="B0"),
+]
+
+
+@pytest.mark.parametrize(("lengths", "batch"), PAIR_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
+def test_bidirectional_directions_at_once_do_not_change_results(
+    cell, dtype, lengths, batch, pair_threads
+):
+    """On two threads each layer of a bidirectional stack runs its two directions at once,
+    one thread each, forward and backward: outputs, states and every gradient bit-identical
+    to one thread (one direction after the other) and matching the reference; the pairs
+    really ran (2 layers x inference, training forward and backward)."""
+    steps, inputs, hidden = 9, 7, 16
+    rng = np.random.default_rng(46)
+    kwargs = {"proj_size": 6} if cell == "lstm-proj" else {}
+    cell = cell.removesuffix("-proj")
+    out = kwargs.get("proj_size", hidden)
+    model = make_model(
+        cell, inputs, hidden, num_layers=2, bidirectional=True, dtype=dtype, seed=46, **kwargs
+    )
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (4, batch, out), dtype, 0.5)
+    c0 = normal(rng, (4, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = None if lengths is None else np.array(lengths)
+    dy = normal(rng, (steps, batch, 2 * out), dtype)
+    dh, dc = normal(rng, (4, batch, out), dtype), normal(rng, (4, batch, hidden), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    pair_threads(1)
+    serial = run_model_and_grads(*args)
+    if not kwargs and batch:  # the reference has no LSTM projection (test_torch_parity does)
+        y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 2, True, h0, c0, lens)
+        assert_close(serial["y"], y_ref, dtype)
+        assert_close(serial["h_n"], h_ref, dtype)
+    before = fastrnn._kernels.deferred_pairs_run()
+    pair_threads(2)
+    parallel = run_model_and_grads(*args)
+    assert fastrnn._kernels.deferred_pairs_run() == before + 6
+    assert parallel.keys() == serial.keys()
+    for name, value in serial.items():
+        np.testing.assert_array_equal(parallel[name], value, err_msg=name)
+
+
+def test_bidirectional_from_two_threads_at_once(pair_threads):
+    """Two Python threads calling bidirectional models at once: a call that finds the pool
+    busy runs its two directions one after the other; every result equals a serial call's."""
+    steps, inputs, hidden, calls = 40, 8, 32, 20
+    rng = np.random.default_rng(47)
+    model = make_model("gru", inputs, hidden, bidirectional=True, dtype=np.float32, seed=47)
+    xs = [normal(rng, (steps, 1, inputs), np.float32) for _ in range(2)]
+    dy = normal(rng, (steps, 1, 2 * hidden), np.float32)
+    pair_threads(1)
+
+    def call(k):
+        y, _, backward = model.forward_train(xs[k])
+        return y, backward(dy).params["weight_hh_l0_reverse"]
+
+    want = [call(k) for k in range(2)]
+    pair_threads(2)
+    got = run_in_two_threads(call, calls, "a bidirectional call")
+    for k in range(2):
+        for r in range(calls):
+            np.testing.assert_array_equal(got[k][r][0], want[k][0])
+            np.testing.assert_array_equal(got[k][r][1], want[k][1])
+
+
+def test_deferred_calls_run_once():
+    """run_deferred refuses a call that was never prepared, one given twice, and one that
+    has already run (its scratch may be someone else's by then)."""
+    kernels = fastrnn._kernels
+    with pytest.raises(ValueError, match="not prepared"):
+        kernels.run_deferred(kernels.Deferred())
+    model = make_model("rnn_tanh", 3, 4, dtype=np.float64, seed=48)
+    x = normal(np.random.default_rng(48), (5, 1, 3), np.float64)
+    later = kernels.Deferred()
+    finish = fastrnn._layer.forward(
+        "rnn_tanh", model._weights(0, 0), x, np.zeros((1, 4)), None, None, False, False,
+        later=later,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="twice"):
+        kernels.run_deferred(later, later)
+    kernels.run_deferred(later)
+    y, _, _, _ = finish()
+    y_ref, _, _ = ref.run_model("rnn_tanh", x, model.state_dict(), 1, False, np.zeros((1, 1, 4)))
+    assert_close(y, y_ref, np.float64)
+    with pytest.raises(ValueError, match="already run"):
+        kernels.run_deferred(later)
+
+
 @pytest.mark.parametrize(
     ("policy", "inputs", "hidden", "steps", "calls", "seed"),
     [
