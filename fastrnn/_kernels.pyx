@@ -13,7 +13,9 @@ Three tiers, each trusting the one above it:
    derived sizes, and runs the whole loop with the GIL released, row ranges of the batch on
    the pool's threads (at batch 1: ranges of hidden units, meeting once a step). Products go
    through the own kernels at batch <= SMALL_BATCH, else through BLAS
-   (``scipy.linalg.cython_blas``).
+   (``scipy.linalg.cython_blas``). A forward() or backward() call given a ``Deferred`` is
+   only checked and prepared; ``run_deferred`` then runs two such calls at once, one a
+   thread (the two directions of a bidirectional layer).
 3. ``fastrnn/_layer.py`` and the models (Python): validate user input, convert, allocate,
    and compose layers and directions.
 
