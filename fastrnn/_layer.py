@@ -13,7 +13,7 @@ import math
 import operator
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,9 @@ class LayerWeights:
     b_hh: np.ndarray  # (G*H,)
     w_hr: np.ndarray | None = None  # (P, H) LSTM projection, or None
     frozen: bool = False  # every array read-only and owning its data (model.freeze())
+    # frozen: the kernels' packed copies, made by the first call that needs each kind and
+    # size and kept for every later call from any thread (only read after that)
+    packs: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -243,31 +246,51 @@ class _Buffers:
         """Whether `packs` already hold `weights` packed (same arrays, same pack buffers as
         the last call); records them for the next call either way. Kept dicts keep packed
         weights only for a stream, which does not see in-place changes to the parameters
-        (Stream.refresh() says so), and for frozen parameters, which cannot change: other
-        parameters may change in place between calls. A frozen model makes one
-        LayerWeights per set of parameters, so that object stands for its arrays."""
+        (Stream.refresh() says so): other parameters may change in place between calls.
+        (Frozen parameters, which cannot, keep their packs on their LayerWeights.)"""
         if self.ws is None:
             return False
         last = self.ws.pop("packed_for", None)  # this call packs over it unless it matches
-        if not (self.lends_results or weights.frozen):
+        if not self.lends_results:
             return False
         w = weights
-        params = (w,) if w.frozen else (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)
-        held = self.ws["packed_for"] = params + packs
+        held = self.ws["packed_for"] = (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr) + packs
         return last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
 
 
-def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
-    """Scratch for backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
+def _backward_pack_shapes(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
+    """Shapes of backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
     double = dtype == np.float64
     size = _kernels.backward_pack_size(CELL_CODES[cell], B, P, H, double)
     if size == 0:
         return None
     GH = NUM_GATES[cell] * H
-    return (
-        _scratch((size,), dtype),
-        _scratch((_kernels.backward_input_pack_size(B, GH, I, double),), dtype),
-    )
+    return (size,), (_kernels.backward_input_pack_size(B, GH, I, double),)
+
+
+def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
+    """Scratch for backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
+    shapes = _backward_pack_shapes(cell, B, P, H, I, dtype)
+    return None if shapes is None else tuple(_scratch(shape, dtype) for shape in shapes)
+
+
+def _kept_packs(weights: LayerWeights, kind: str, shapes: tuple, dtype, made: dict) -> tuple:
+    """Frozen weights' packs of one kind ("forward": wpack, ipack; "backward": backward's)
+    at these sizes: the kept ones, or new arrays for this call to fill, recorded in `made`
+    (kept by _keep_packs once the call has run: a thread that finds none packs its own, and
+    the first to finish keeps them; nobody reads a pack while it is written)."""
+    key = (kind, shapes)
+    packs = weights.packs.get(key)
+    if packs is None:
+        packs = made[kind] = tuple(_aligned_empty(shape, dtype) for shape in shapes)
+        made[kind, "key"] = key
+    return packs
+
+
+def _keep_packs(weights: LayerWeights, made: dict) -> None:
+    for kind in ("forward", "backward"):
+        if kind in made:
+            weights.packs.setdefault(made[kind, "key"], made[kind])
 
 
 @functools.lru_cache(maxsize=8)
@@ -402,12 +425,8 @@ def forward(
     proj = weights.w_hr is not None
     buffer = None
     if ws is None and not training:
-        # a frozen layer-direction gets its own, so that the layers of a stack (or several
-        # models) of one configuration do not pack over each other's kept weights
         # the direction too: both directions of a layer may run at once (run_deferred)
-        buffer = _thread_buffers(
-            (cell, S, B, I, H, P, dtype, proj, weights.frozen and id(weights.w_hh), reverse)
-        )
+        buffer = _thread_buffers((cell, S, B, I, H, P, dtype, proj, reverse))
     if buffer is None:
         shapes, _ = _forward_shapes(cell, S, B, I, H, P, dtype, training, proj)
         if ws is not None and not training:  # a stream's, kept while its chunks' shape is
@@ -431,14 +450,26 @@ def forward(
     elif c_n is None:
         c_n = buffer.result("c_n", (B, H))
     xproj, hs, cs, acts, work, hraw, wpack, ipack = buffer.internal()
+    scratch_packs = (wpack, ipack)
     w_hr = weights.w_hr if weights.w_hr is not None else scratch("no_w_hr")
-    # A stream, and a thread calling a frozen model, keep the packed weights from one call
-    # to the next, for as long as the parameters are the same arrays.
-    packed = buffer.holds(weights, (wpack, ipack))
+    # Frozen weights keep their packs on themselves, at any size; a stream keeps them from one
+    # call to the next for as long as the parameters are the same arrays.
+    kept = {}  # packs this call makes that the frozen weights keep once it has run
+    if weights.frozen:
+        wpack, ipack = _kept_packs(weights, "forward", (wpack.shape, ipack.shape), dtype, kept)
+        packed = not kept
+    else:
+        packed = buffer.holds(weights, (wpack, ipack))
     if training:
         weights, bpacks = _training_weights(cell, weights, B, P, H, I)
+        tape_packs = bpacks if bpacks[0].size else ()
+        shapes = _backward_pack_shapes(cell, B, P, H, I, dtype) if weights.frozen else None
+        if shapes is not None:
+            tape_packs = _kept_packs(weights, "backward", shapes, dtype, kept)
+            if "backward" in kept:  # this call's forward pass makes them
+                bpacks = tape_packs
     else:
-        bpacks = _no_packs(dtype)
+        bpacks, tape_packs = _no_packs(dtype), ()
     if later is not None:
         bounds, unit_threads, helper = _threads.one_range(B), 1, False
     elif lengths is None:
@@ -456,10 +487,11 @@ def forward(
     )  # fmt: skip
 
     def finish():
+        _keep_packs(weights, kept)
         return _finish_forward(
             cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n,
-            c_n, (xproj, hs, cs, acts, work, hraw, wpack, ipack), bpacks, bounds, unit_threads,
-            later is not None,
+            c_n, (xproj, hs, cs, acts, work, hraw, *scratch_packs), tape_packs, bounds,
+            unit_threads, later is not None,
         )  # fmt: skip
 
     return finish if later is not None else finish()
@@ -467,7 +499,7 @@ def forward(
 
 def _finish_forward(
     cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
-    internal, bpacks, bounds, unit_threads, alone,
+    internal, packs, bounds, unit_threads, alone,
 ):  # fmt: skip
     """forward()'s results once its kernel has run: scratch released, y in the user's
     layout, the tape."""
@@ -484,13 +516,14 @@ def _finish_forward(
         buffer.release_sequence(yc, *(() if training else (xc,)))
     tape = None
     if training:
-        packs = bpacks if bpacks[0].size else ()
         tape = Tape(
             cell, weights, xc, hs, cs, acts, hraw, lens, order, bounds, unit_threads,
             reverse, identity, T, packs, alone,
         )  # fmt: skip
-        # when the tape dies (its backward closure dropped), its arrays become spares
-        weakref.finalize(tape, _release, hs, cs, acts, hraw, *packs)
+        # when the tape dies (its backward closure dropped), its arrays become spares (not
+        # the packs that frozen weights keep)
+        spare = () if weights.frozen else packs
+        weakref.finalize(tape, _release, hs, cs, acts, hraw, *spare)
     return y, h_n, (c_n if is_lstm else None), tape
 
 

@@ -173,6 +173,39 @@ def test_frozen_model_keeps_its_packs_at_any_sequence_length(cell, with_lengths)
     assert not np.array_equal(fresh(model)(x, lengths=lengths)[0], first)
 
 
+@pytest.mark.parametrize("batch", [1, 3, 130], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_model_keeps_its_packs_without_kept_scratch(cell, batch, monkeypatch):
+    """With no scratch kept between calls (as for a configuration above 4 MiB of it) the
+    packs stay on the frozen weights, for inference and for both passes of training: after
+    the first call, changing a frozen array behind the freeze changes nothing, and every
+    result is the live model's, bit for bit. (Batch 130 takes BLAS, which reads the weight
+    arrays themselves: only the folded bias is kept, and no array is changed.)"""
+    monkeypatch.setattr(_layer, "_WORKSPACE_MAX_BYTES", -1)
+    rng = np.random.default_rng(16)
+    model = make_model(cell, I, H, num_layers=2, seed=16).freeze()
+    live = fresh(model)
+    x = normal(rng, (T, batch, I), np.float32)
+    dy = normal(rng, (T, batch, H), np.float32)
+    want_y, _ = live(x)
+    want = live.forward_train(x)[2](dy)
+    y, _ = model(x)
+    got = model.forward_train(x)[2](dy)
+    if batch <= 128:
+        change_behind_the_freeze(model)
+    for _ in range(2):  # the packs made above, then the same ones again
+        np.testing.assert_array_equal(model(x)[0], want_y)
+        np.testing.assert_array_equal(y, want_y)
+        y_t, _, backward = model.forward_train(x)
+        np.testing.assert_array_equal(y_t, want_y)
+        got = backward(dy)
+        np.testing.assert_array_equal(got.x, want.x)
+        for name, value in want.params.items():
+            np.testing.assert_array_equal(got.params[name], value, err_msg=name)
+    if batch <= 128:
+        assert not np.array_equal(fresh(model)(x)[0], want_y)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_stream_and_two_threads_on_a_frozen_model(cell):
     rng = np.random.default_rng(13)
