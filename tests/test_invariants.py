@@ -469,18 +469,6 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
 
 
-@pytest.fixture
-def pair_threads():
-    """Set the thread count for one test (restored after), with the cut-off at zero so that
-    even these small bidirectional layers run their two directions at once."""
-    saved = fastrnn.get_num_threads()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
-    yield fastrnn.set_num_threads
-    mp.undo()
-    fastrnn.set_num_threads(saved)
-
-
 PAIR_CASES = [  # (lengths, batch); H = 16 takes the fused step at batch 1 (float32)
     pytest.param(None, 1, id="B1"),
     pytest.param([0], 1, id="B1-length-0"),
@@ -493,7 +481,7 @@ PAIR_CASES = [  # (lengths, batch); H = 16 takes the fused step at batch 1 (floa
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
 def test_bidirectional_directions_at_once_do_not_change_results(
-    cell, dtype, lengths, batch, pair_threads
+    cell, dtype, lengths, batch, threads
 ):
     """On two threads each layer of a bidirectional stack runs its two directions at once,
     one thread each, forward and backward: outputs, states and every gradient bit-identical
@@ -514,14 +502,14 @@ def test_bidirectional_directions_at_once_do_not_change_results(
     dy = normal(rng, (steps, batch, 2 * out), dtype)
     dh, dc = normal(rng, (4, batch, out), dtype), normal(rng, (4, batch, hidden), dtype)
     args = (model, cell, x, h0, c0, lens, dy, dh, dc)
-    pair_threads(1)
+    threads(1)  # (the `threads` fixture's cut-off at zero pairs even these small layers)
     serial = run_model_and_grads(*args)
     if not kwargs and batch:  # the reference has no LSTM projection (test_torch_parity does)
         y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 2, True, h0, c0, lens)
         assert_close(serial["y"], y_ref, dtype)
         assert_close(serial["h_n"], h_ref, dtype)
     before = fastrnn._kernels.deferred_pairs_run()
-    pair_threads(2)
+    threads(2)
     parallel = run_model_and_grads(*args)
     assert fastrnn._kernels.deferred_pairs_run() == before + 6
     assert parallel.keys() == serial.keys()
@@ -529,7 +517,7 @@ def test_bidirectional_directions_at_once_do_not_change_results(
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
 
 
-def test_bidirectional_from_two_threads_at_once(pair_threads):
+def test_bidirectional_from_two_threads_at_once(threads):
     """Two Python threads calling bidirectional models at once: a call that finds the pool
     busy runs its two directions one after the other; every result equals a serial call's."""
     steps, inputs, hidden, calls = 40, 8, 32, 20
@@ -537,14 +525,14 @@ def test_bidirectional_from_two_threads_at_once(pair_threads):
     model = make_model("gru", inputs, hidden, bidirectional=True, dtype=np.float32, seed=47)
     xs = [normal(rng, (steps, 1, inputs), np.float32) for _ in range(2)]
     dy = normal(rng, (steps, 1, 2 * hidden), np.float32)
-    pair_threads(1)
+    threads(1)
 
     def call(k):
         y, _, backward = model.forward_train(xs[k])
         return y, backward(dy).params["weight_hh_l0_reverse"]
 
     want = [call(k) for k in range(2)]
-    pair_threads(2)
+    threads(2)
     got = run_in_two_threads(call, calls, "a bidirectional call")
     for k in range(2):
         for r in range(calls):
