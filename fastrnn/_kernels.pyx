@@ -1512,7 +1512,7 @@ def forward(int cell,
     cdef int G = num_gates(cell)
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
     cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H
-    cdef Py_ssize_t j, r, NH = hs.shape[0]
+    cdef Py_ssize_t NH = hs.shape[0]
     cdef const floating *xc_ = <const floating *> data(xc, 3, ft, False)
     cdef const floating *w_ih_ = <const floating *> data(w_ih, 2, ft, False)
     cdef const floating *w_hh_ = <const floating *> data(w_hh, 2, ft, False)
@@ -1535,7 +1535,6 @@ def forward(int cell,
     cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
     cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
     cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
-    cdef floating *pk_n = NULL
     cdef floating *bias = ipack_
     cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
     cdef floating *bpk = NULL
@@ -1735,7 +1734,6 @@ def backward(int cell,
     cdef Py_ssize_t S = xc.shape[0], B = xc.shape[1], I = xc.shape[2]
     cdef Py_ssize_t H = w_hh.shape[0] // G, P = w_hh.shape[1], GH = G * H, SB = S * B
     cdef bint proj = w_hr.shape[0] > 0
-    cdef Py_ssize_t j
     cdef const floating *xc_ = <const floating *> data(xc, 3, ft, False)
     cdef const floating *w_ih_ = <const floating *> data(w_ih, 2, ft, False)
     cdef const floating *w_hh_ = <const floating *> data(w_hh, 2, ft, False)
@@ -1766,8 +1764,6 @@ def backward(int cell,
     cdef floating *gbuf_ = <floating *> data(gbuf, 2, ft, True)
     cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
     cdef floating *ipk = ipack_ if ipack.shape[0] > 0 else NULL
-    cdef floating *dh = work_
-    cdef floating *dc = work_ + B * H
     if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
             work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
             order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < 1)

@@ -274,23 +274,23 @@ def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: 
     return None if shapes is None else tuple(_scratch(shape, dtype) for shape in shapes)
 
 
-def _kept_packs(weights: LayerWeights, kind: str, shapes: tuple, dtype, made: dict) -> tuple:
+def _kept_packs(weights: LayerWeights, kind: str, shapes: tuple, dtype, made: dict):
     """Frozen weights' packs of one kind ("forward": wpack, ipack; "backward": backward's)
-    at these sizes: the kept ones, or new arrays for this call to fill, recorded in `made`
-    (kept by _keep_packs once the call has run: a thread that finds none packs its own, and
-    the first to finish keeps them; nobody reads a pack while it is written)."""
+    at these sizes, and whether they are new: the kept ones, or new arrays for this call to
+    fill, recorded in `made` and kept by _keep_packs once the call has run (a thread that
+    finds none packs its own, the first to finish keeps them: no pack is read while it is
+    written)."""
     key = (kind, shapes)
     packs = weights.packs.get(key)
-    if packs is None:
-        packs = made[kind] = tuple(_aligned_empty(shape, dtype) for shape in shapes)
-        made[kind, "key"] = key
-    return packs
+    if packs is not None:
+        return packs, False
+    packs = made[key] = tuple(_aligned_empty(shape, dtype) for shape in shapes)
+    return packs, True
 
 
 def _keep_packs(weights: LayerWeights, made: dict) -> None:
-    for kind in ("forward", "backward"):
-        if kind in made:
-            weights.packs.setdefault(made[kind, "key"], made[kind])
+    for key, packs in made.items():
+        weights.packs.setdefault(key, packs)
 
 
 @functools.lru_cache(maxsize=8)
@@ -456,8 +456,9 @@ def forward(
     # call to the next for as long as the parameters are the same arrays.
     kept = {}  # packs this call makes that the frozen weights keep once it has run
     if weights.frozen:
-        wpack, ipack = _kept_packs(weights, "forward", (wpack.shape, ipack.shape), dtype, kept)
-        packed = not kept
+        shapes = (wpack.shape, ipack.shape)
+        (wpack, ipack), new = _kept_packs(weights, "forward", shapes, dtype, kept)
+        packed = not new
     else:
         packed = buffer.holds(weights, (wpack, ipack))
     if training:
@@ -465,8 +466,8 @@ def forward(
         tape_packs = bpacks if bpacks[0].size else ()
         shapes = _backward_pack_shapes(cell, B, P, H, I, dtype) if weights.frozen else None
         if shapes is not None:
-            tape_packs = _kept_packs(weights, "backward", shapes, dtype, kept)
-            if "backward" in kept:  # this call's forward pass makes them
+            tape_packs, new = _kept_packs(weights, "backward", shapes, dtype, kept)
+            if new:  # this call's forward pass makes them
                 bpacks = tape_packs
     else:
         bpacks, tape_packs = _no_packs(dtype), ()
