@@ -274,23 +274,12 @@ def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: 
     return None if shapes is None else tuple(_scratch(shape, dtype) for shape in shapes)
 
 
-def _kept_packs(weights: LayerWeights, kind: str, shapes: tuple, dtype, made: dict):
-    """Frozen weights' packs of one kind ("forward": wpack, ipack; "backward": backward's)
-    at these sizes, and whether they are new: the kept ones, or new arrays for this call to
-    fill, recorded in `made` and kept by _keep_packs once the call has run (a thread that
-    finds none packs its own, the first to finish keeps them: no pack is read while it is
-    written)."""
-    key = (kind, shapes)
-    packs = weights.packs.get(key)
-    if packs is not None:
-        return packs, False
+def _new_packs(key: tuple, shapes: tuple, dtype, made: dict) -> tuple:
+    """New arrays for this call to pack frozen weights into, recorded in `made` under `key`
+    for the weights to keep once the call has run (a thread that finds none packs its own
+    and the first to finish keeps them: no pack is read while it is written)."""
     packs = made[key] = tuple(_aligned_empty(shape, dtype) for shape in shapes)
-    return packs, True
-
-
-def _keep_packs(weights: LayerWeights, made: dict) -> None:
-    for key, packs in made.items():
-        weights.packs.setdefault(key, packs)
+    return packs
 
 
 @functools.lru_cache(maxsize=8)
@@ -407,9 +396,9 @@ def forward(
 ):
     """Run one layer-direction. Returns (y (T,B,P), h_n (B,P), c_n (B,H) or None, tape or None).
 
-    With `later`, the call is prepared for one thread and not run: it returns a function
-    that gives those results once _kernels.run_deferred(later, ...) has run it (beside the
-    other direction of a bidirectional layer).
+    With `later`, the call is prepared for one thread and not run: it returns (later,
+    finish), finish() giving those results once _kernels.run_deferred(later, ...) has run it
+    (beside the other direction of a bidirectional layer).
 
     h_n and c_n, when given, receive the final state (they may be h0 and c0 themselves: the
     kernel reads the initial state before it writes the final one). `ws`, a dict kept by the
@@ -456,9 +445,12 @@ def forward(
     # call to the next for as long as the parameters are the same arrays.
     kept = {}  # packs this call makes that the frozen weights keep once it has run
     if weights.frozen:
-        shapes = (wpack.shape, ipack.shape)
-        (wpack, ipack), new = _kept_packs(weights, "forward", shapes, dtype, kept)
-        packed = not new
+        # (the size of W_hh^T's pack, 0 for BLAS, tells the two sizes of these weights apart)
+        packs = weights.packs.get(("forward", wpack.size))
+        packed = packs is not None
+        if not packed:
+            packs = _new_packs(("forward", wpack.size), (wpack.shape, ipack.shape), dtype, kept)
+        wpack, ipack = packs
     else:
         packed = buffer.holds(weights, (wpack, ipack))
     if training:
@@ -466,9 +458,9 @@ def forward(
         tape_packs = bpacks if bpacks[0].size else ()
         shapes = _backward_pack_shapes(cell, B, P, H, I, dtype) if weights.frozen else None
         if shapes is not None:
-            tape_packs, new = _kept_packs(weights, "backward", shapes, dtype, kept)
-            if new:  # this call's forward pass makes them
-                bpacks = tape_packs
+            tape_packs = weights.packs.get(("backward", shapes[0]))
+            if tape_packs is None:  # this call's forward pass makes them
+                bpacks = tape_packs = _new_packs(("backward", shapes[0]), shapes, dtype, kept)
     else:
         bpacks, tape_packs = _no_packs(dtype), ()
     if later is not None:
@@ -487,23 +479,24 @@ def forward(
         hraw, work, wpack, ipack, *bpacks, later,
     )  # fmt: skip
 
-    def finish():
-        _keep_packs(weights, kept)
-        return _finish_forward(
-            cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n,
-            c_n, (xproj, hs, cs, acts, work, hraw, *scratch_packs), tape_packs, bounds,
-            unit_threads, later is not None,
-        )  # fmt: skip
-
-    return finish if later is not None else finish()
+    results = (
+        cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
+        (xproj, hs, cs, acts, work, hraw, *scratch_packs), tape_packs, bounds, unit_threads,
+        later is not None, kept,
+    )  # fmt: skip
+    if later is not None:
+        return later, functools.partial(_finish_forward, *results)
+    return _finish_forward(*results)
 
 
 def _finish_forward(
     cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
-    internal, packs, bounds, unit_threads, alone,
+    internal, packs, bounds, unit_threads, alone, kept,
 ):  # fmt: skip
-    """forward()'s results once its kernel has run: scratch released, y in the user's
-    layout, the tape."""
+    """forward()'s results once its kernel has run: the packs it made for frozen weights
+    kept, scratch released, y in the user's layout, the tape."""
+    for key, made in kept.items():
+        weights.packs.setdefault(key, made)
     xproj, hs, cs, acts, work, hraw, wpack, ipack = internal
     P = h_n.shape[1]
     is_lstm = cell == "lstm"
@@ -539,8 +532,7 @@ def backward(
 
     Returns (dx (T,B,I), dh0 (B,P), dc0 (B,H) or None, dict of gradients keyed weight_ih,
     weight_hh, bias_ih, bias_hh and, with a projection, weight_hr). With `later`, as
-    forward(): prepared for one thread, and a function giving them once run_deferred has
-    run the call.
+    forward(): prepared for one thread; returns (later, finish).
     """
     w = tape.weights
     S, B, I = tape.xc.shape
@@ -599,4 +591,4 @@ def backward(
             _kernel("scatter_steps", dtype)(dxc, tape.lengths, tape.order, tape.reverse, dx)
         return dx, dh0, (dc0 if is_lstm else None), grads
 
-    return finish if later is not None else finish()
+    return (later, finish) if later is not None else finish()

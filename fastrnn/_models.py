@@ -269,25 +269,30 @@ class RecurrentModel:
         c_n = np.empty_like(c0) if c0 is not None else None
         tapes, masks = [], []
         layer_in = xs
-        G, P = self._gate_count, self._h_size
         for layer in range(L):
-            layer_I = layer_in.shape[2]
             # the directions of a bidirectional layer at once, one thread each
-            pair = D == 2 and _threads.pair_directions(B, T, G * H * (layer_I + P))
-            deferred = [_kernels.Deferred() for _ in range(D)] if pair else [None] * D
-            results = []
+            pair = D == 2 and _threads.pair_directions(
+                B, T, self._gate_count * H * (layer_in.shape[2] + self._h_size)
+            )
+            outs = []
             for d in range(D):
                 k = layer * D + d
-                results.append(_layer.forward(
+                result = _layer.forward(
                     self._cell, self._weights(layer, d), layer_in, h0[k],
                     None if c0 is None else c0[k], lens, bool(d), training,
-                    h_n=h_n[k], c_n=None if c_n is None else c_n[k], later=deferred[d],
-                ))  # fmt: skip
+                    h_n=h_n[k], c_n=None if c_n is None else c_n[k],
+                    later=_kernels.Deferred() if pair else None,
+                )  # fmt: skip
+                if pair:  # (later, finish): run below
+                    outs.append(result)
+                    continue
+                outs.append(result[0])
+                tapes.append(result[3])
             if pair:
-                _kernels.run_deferred(*deferred)
-                results = [finish() for finish in results]
-            outs = [y for y, _, _, _ in results]
-            tapes.extend(tape for _, _, _, tape in results)
+                _kernels.run_deferred(outs[0][0], outs[1][0])
+                results = [finish() for _, finish in outs]
+                outs = [result[0] for result in results]
+                tapes += [result[3] for result in results]
             layer_out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if training and self.dropout > 0.0 and layer < L - 1:
                 keep = 1.0 - self.dropout
@@ -378,17 +383,17 @@ class RecurrentModel:
             dx_layer = None
             # directions whose forward passes ran at once run their backward passes so too
             pair = D == 2 and tapes[layer * D].alone and tapes[layer * D + 1].alone
-            deferred = [_kernels.Deferred() for _ in range(D)] if pair else [None] * D
             results = []
             for d in range(D):
                 k = layer * D + d
                 dy_d = g if D == 1 else np.ascontiguousarray(g[:, :, d * H : (d + 1) * H])
                 results.append(_layer.backward(
-                    tapes[k], dy_d, dh[k], None if dc is None else dc[k], later=deferred[d]
+                    tapes[k], dy_d, dh[k], None if dc is None else dc[k],
+                    later=_kernels.Deferred() if pair else None,
                 ))  # fmt: skip
             if pair:
-                _kernels.run_deferred(*deferred)
-                results = [finish() for finish in results]
+                _kernels.run_deferred(*(later for later, _ in results))
+                results = [finish() for _, finish in results]
             for d, (dx, dh0_k, dc0_k, grads) in enumerate(results):
                 k = layer * D + d
                 dh0[k] = dh0_k

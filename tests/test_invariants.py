@@ -549,7 +549,7 @@ def test_deferred_calls_run_once():
     model = make_model("rnn_tanh", 3, 4, dtype=np.float64, seed=48)
     x = normal(np.random.default_rng(48), (5, 1, 3), np.float64)
     later = kernels.Deferred()
-    finish = fastrnn._layer.forward(
+    _, finish = fastrnn._layer.forward(
         "rnn_tanh", model._weights(0, 0), x, np.zeros((1, 4)), None, None, False, False,
         later=later,
     )  # fmt: skip
