@@ -11,9 +11,10 @@ Three tiers, each trusting the one above it:
 2. This module (Cython): the time loops. It receives C-contiguous NumPy arrays of one float
    type, every output and workspace already allocated, re-checks only their rank, type and
    derived sizes, and runs the whole loop with the GIL released, row ranges of the batch on
-   the pool's threads (at batch 1: ranges of hidden units, meeting once a step). Products go
-   through the own kernels at batch <= SMALL_BATCH, else through BLAS
-   (``scipy.linalg.cython_blas``). A forward() or backward() call given a ``Deferred`` is
+   the pool's threads (at batch 1: ranges of hidden units, meeting once a step). Every
+   product of a recurrent step and of the whole sequence goes through the own kernels on
+   packed weights, at every batch; BLAS (``scipy.linalg.cython_blas``) only multiplies by an
+   LSTM's W_hr. A forward() or backward() call given a ``Deferred`` is
    only checked and prepared; ``run_deferred`` then runs two such calls at once, one a
    thread (the two directions of a bidirectional layer).
 3. ``fastrnn/_layer.py`` and the models (Python): validate user input, convert, allocate,
@@ -186,10 +187,12 @@ cdef extern from "fastrnn_matmul.h" nogil:
     const int FASTRNN_VECTOR_F32
     const int FASTRNN_VECTOR_F64
 
-# Batches up to this size take the own kernel for the per-step products; larger ones take
-# BLAS. Measured (LSTM and GRU, 1 thread, bench/compare.py shapes): the own kernel is
-# faster than OpenBLAS at every batch up to 64, by 1.5-10x at batch 1.
-DEF SMALL_BATCH = 128
+# The own kernels take every batch. Up to batch 128 they were always faster than OpenBLAS
+# (by 1.5-10x at batch 1); BLAS also took larger batches until in-process A/Bs
+# (bench/ab.py, OpenBLAS on as many threads as fastrnn) showed the own kernels ahead there
+# too: (T, B, I, H) = (30, 256, 128, 128) LSTM inference 0.87 (1 thread) and 0.71 (2),
+# training 0.74 (2), GRU training 0.73 (2); (5, 1024, 256, 256) LSTM training 0.91 (2);
+# (5, 2048, 256, 256) GRU inference 0.88 (2) and 1.04 (1 thread, the one case BLAS led).
 
 cnp.import_array()
 
@@ -253,30 +256,27 @@ cdef inline Py_ssize_t panel(floating dummy) noexcept nogil:
     return FASTRNN_PANEL_F32 if floating is float else FASTRNN_PANEL_F64
 
 
-def forward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
-    """Elements of forward()'s `wpack`: W_hh^T packed for the small-batch kernel (GRU_B packs
-    its r,z and n blocks apart), or 0 when a batch this large takes BLAS."""
-    if batch > SMALL_BATCH:
-        return 0
+def forward_pack_size(int cell, Py_ssize_t P, Py_ssize_t H, bint double):
+    """Elements of forward()'s `wpack`: W_hh^T packed for the own kernels (GRU_B packs its
+    r,z and n blocks apart)."""
     if cell == GRU_B:
         return packed_size(H, 2 * H, double) + packed_size(H, H, double)
     return packed_size(P, num_gates(cell) * H, double)
 
 
-def input_pack_size(Py_ssize_t batch, Py_ssize_t I, Py_ssize_t GH, bint double):
-    """Elements of forward()'s `ipack`: the folded bias (G*H,), then, at a batch the own
-    kernel takes, W_ih^T packed."""
-    return GH + (0 if batch > SMALL_BATCH else packed_size(I, GH, double))
+def input_pack_size(Py_ssize_t I, Py_ssize_t GH, bint double):
+    """Elements of forward()'s `ipack`: the folded bias (G*H,), then W_ih^T packed."""
+    return GH + packed_size(I, GH, double)
 
 
-def backward_pack_size(int cell, Py_ssize_t batch, Py_ssize_t P, Py_ssize_t H, bint double):
-    """Elements of backward()'s `wpack`: W_hh packed, or 0 when the batch takes BLAS."""
-    return 0 if batch > SMALL_BATCH else packed_size(num_gates(cell) * H, P, double)
+def backward_pack_size(int cell, Py_ssize_t P, Py_ssize_t H, bint double):
+    """Elements of backward()'s `wpack`: W_hh packed."""
+    return packed_size(num_gates(cell) * H, P, double)
 
 
-def backward_input_pack_size(Py_ssize_t batch, Py_ssize_t GH, Py_ssize_t I, bint double):
-    """Elements of backward()'s `ipack`: W_ih packed for dX by rows, or 0 (BLAS)."""
-    return 0 if batch > SMALL_BATCH else packed_size(GH, I, double)
+def backward_input_pack_size(Py_ssize_t GH, Py_ssize_t I, bint double):
+    """Elements of backward()'s `ipack`: W_ih packed for dX by rows."""
+    return packed_size(GH, I, double)
 
 
 def gemm_buffer_size(Py_ssize_t GH, bint double):
@@ -306,26 +306,19 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
 
 
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
-                                  const floating *w, int ldw, bint w_is_nk,
                                   const floating *packed, Py_ssize_t panel_stride,
                                   bint accumulate, floating *out, int ldout,
                                   bint reverse) noexcept nogil:
-    """out (n, cols) := a (n, K) @ op(w) (+ out if accumulate); op(w) = w^T if w is (cols, K)
-    (w_is_nk), else w (K, cols).
+    """out (n, cols) := a (n, K) @ the packed weights (K, cols) (+ out if accumulate).
 
-    The per-step product. Every step of every cell goes through here: small batches take the
-    own kernel on `packed` (op(w) packed once per call), larger ones BLAS on w.
-    """
-    if packed != NULL:
-        if floating is float:
-            fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
-                                   ldout, reverse)
-        else:
-            fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
-                                   ldout, reverse)
+    The per-step product: every step of every cell goes through here (op(w) packed once
+    per call)."""
+    if floating is float:
+        fastrnn_small_gemm_f32(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
+                               ldout, reverse)
     else:
-        gemm(False, w_is_nk, n, cols, K, <floating> 1, a, lda, w, ldw,
-             <floating> (1 if accumulate else 0), out, ldout)
+        fastrnn_small_gemm_f64(n, cols, K, a, lda, packed, panel_stride, accumulate, out,
+                               ldout, reverse)
 
 
 cdef inline void fill_rows(Py_ssize_t rows, Py_ssize_t cols, const floating *v,
@@ -425,18 +418,18 @@ cdef struct Seq:
     const void *w_hh
     const void *w_hr
     const void *b_hh
-    const void *pk          # W_hh^T (forward) or W_hh (backward) packed, or NULL for BLAS
+    const void *pk          # W_hh^T (forward) or W_hh (backward) packed
     const void *pk_n        # GRU_B forward: W_hn^T packed apart
     Py_ssize_t panel_stride
     const void *xc          # forward: (S, B, I) input, when its projection is done per range
     Py_ssize_t n_in         # I (the name I is taken by complex.h)
-    const void *ipk         # W_ih^T packed, or NULL when BLAS did the input projection
+    const void *ipk         # forward: W_ih^T packed; backward: W_ih packed (for dX)
     const void *w_ih        # (G*H, I)
     bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
     void *bpk               # forward in training: backward's W_hh pack to fill, or NULL
     void *bipk              # forward in training: backward's W_ih pack (for dX) to fill
     const void *bias        # (G*H,) the biases folded into the input projection
-    Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk); S when BLAS did all
+    Py_ssize_t chunk        # steps xproj holds: step s at (s % chunk)
     fastrnn_pipe *pipe      # a helper thread projects the input ahead (run_pipe), or NULL
     Py_ssize_t pipe_steps   # steps of one of the pipe's chunks (chunk is a multiple)
     void *hs
@@ -474,10 +467,7 @@ DEF PROJECTION_CHUNK = 1 << 17
 
 
 def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
-    """Steps of forward()'s `xproj` ring: all S when a batch this large takes BLAS (one
-    product over the whole sequence), else as many as PROJECTION_CHUNK elements hold."""
-    if batch > SMALL_BATCH:
-        return S
+    """Steps of forward()'s `xproj` ring: as many as PROJECTION_CHUNK elements hold."""
     return min(S, max(1, PROJECTION_CHUNK // max(1, batch * GH)))
 
 
@@ -530,7 +520,6 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef int cell = q.cell
     cdef bint relu = cell == RNN_RELU, training = q.training
     cdef Py_ssize_t H = q.H, P = q.P, GH = q.GH, B = q.B, NH = q.NH, ps = q.panel_stride
-    cdef const floating *w_hh = <const floating *> q.w_hh
     cdef const floating *w_hr = <const floating *> q.w_hr
     cdef const floating *b_hh = <const floating *> q.b_hh
     cdef const floating *pk = <const floating *> q.pk
@@ -550,7 +539,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
     cdef Py_ssize_t vw = FASTRNN_VECTOR_F32 if floating is float else FASTRNN_VECTOR_F64
     # one row on packed weights, no vector of columns across two gates: LSTM and GRU steps
     # take the fused kernel (fastrnn_step.h)
-    cdef bint fused = rows == 1 and pk != NULL and H % vw == 0
+    cdef bint fused = rows == 1 and H % vw == 0
     # the input projection runs a chunk of steps ahead of the loop, so that the chunk is
     # still in cache when its steps read it (the whole sequence's projection at (T, B, H) =
     # (100, 64, 1024 gate columns) is 26 MB: written, then read back from memory)
@@ -563,7 +552,7 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                     fastrnn_pipe_consumed(q.pipe, s // c - 1)
                 if fastrnn_pipe_need(q.pipe, s // c):
                     project_steps(q, xproj, r0, r1, s, min(c, q.S - s))
-        elif q.ipk != NULL and s % chunk == 0:
+        elif s % chunk == 0:
             project_steps(q, xproj, r0, r1, s, min(chunk, q.S - s))
         # rows of this range still running at step s (a prefix: rows are longest first)
         while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
@@ -581,8 +570,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
             act = NULL
         # (2) the recurrent product and the step's gate math
         if cell == RNN_TANH or cell == RNN_RELU:
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, pre, <int> GH, s & 1)
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, pk, ps, True, pre,
+                             <int> GH, s & 1)
             if floating is float:
                 fastrnn_rnn_gates_fwd_f32(n, H, 0, H, relu, pre, hn)
             else:
@@ -602,8 +591,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                 else:
                     fastrnn_lstm_step_row_f64(H, P, hp, pk, ps, s & 1, pre, cp, act, cn, hcell)
             else:
-                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True,
-                                 pk, ps, True, pre, <int> GH, s & 1)
+                recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, pk, ps, True, pre,
+                                 <int> GH, s & 1)
                 if floating is float:
                     fastrnn_lstm_gates_fwd_f32(n, H, 0, H, pre, cp, act, cn, hcell)
                 else:
@@ -618,21 +607,21 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                 fastrnn_gru_step_row_f64(H, P, hp, pk, ps, s & 1, b_hh, pre, work, act, hn)
         elif cell == GRU:
             fill_rows(n, GH, b_hh, work)
-            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, w_hh, <int> P, True, pk,
-                             ps, True, work, <int> GH, s & 1)
+            recurrent_matmul(<int> n, <int> GH, <int> P, hp, <int> P, pk, ps, True, work,
+                             <int> GH, s & 1)
             if floating is float:
                 fastrnn_gru_gates_fwd_f32(n, H, 0, H, pre, work, hp, act, hn)
             else:
                 fastrnn_gru_gates_fwd_f64(n, H, 0, H, pre, work, hp, act, hn)
         else:  # GRU_B: (B1) needs r before the n-gate's product can start
-            recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, w_hh, <int> H, True,
-                             pk, ps, True, pre, <int> GH, s & 1)
+            recurrent_matmul(<int> n, <int> (2 * H), <int> H, hp, <int> H, pk, ps, True, pre,
+                             <int> GH, s & 1)
             if floating is float:
                 fastrnn_grub_rz_fwd_f32(n, H, pre, hp, act, work)
             else:
                 fastrnn_grub_rz_fwd_f64(n, H, pre, hp, act, work)
-            recurrent_matmul(<int> n, <int> H, <int> H, work, <int> H, w_hh + 2 * H * H, <int> H,
-                             True, pk_n, ps, True, pre + 2 * H, <int> GH, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> H, work, <int> H, pk_n, ps, True,
+                             pre + 2 * H, <int> GH, s & 1)
             if floating is float:
                 fastrnn_grub_n_fwd_f32(n, H, pre, hp, act, hn)
             else:
@@ -658,7 +647,6 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
     cdef int cell = q.cell
     cdef bint relu = cell == RNN_RELU
     cdef Py_ssize_t H = q.H, P = q.P, GH = q.GH, B = q.B, ps = q.panel_stride
-    cdef const floating *w_hh = <const floating *> q.w_hh
     cdef const floating *w_hr = <const floating *> q.w_hr
     cdef const floating *pk = <const floating *> q.pk
     cdef const floating *hs = <const floating *> q.hs
@@ -698,8 +686,8 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             else:
                 fastrnn_rnn_gates_bwd_f64(n, H, 0, H, relu, hs + ((s + 1) * B + r0) * P, dh, dg)
             # dh_prev = dpre W_hh
-            recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, w_hh, <int> H, False, pk,
-                             ps, False, dh, <int> H, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> GH, dg, <int> GH, pk, ps, False, dh,
+                             <int> H, s & 1)
         elif cell == LSTM:
             hcell = dh
             if q.proj:  # h = W_hr (o * tanh(c)): keep dh for dW_hr, pass dh W_hr down
@@ -713,19 +701,18 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             else:
                 fastrnn_lstm_gates_bwd_f64(n, H, 0, H, act, cs + (s * B + r0) * H,
                                            cs + ((s + 1) * B + r0) * H, hcell, dc, dg)
-            recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, w_hh, <int> P, False, pk,
-                             ps, False, dh, <int> P, s & 1)
+            recurrent_matmul(<int> n, <int> P, <int> GH, dg, <int> GH, pk, ps, False, dh,
+                             <int> P, s & 1)
         elif cell == GRU:
             if floating is float:
                 fastrnn_gru_gates_bwd_f32(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
             else:
                 fastrnn_gru_gates_bwd_f64(n, H, 0, H, act, hp, dh, dg, dgh, tmp)
             # (A1)-(A2) through hh = W_hh h_prev + b_hh
-            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
-                             pk, ps, True, tmp, <int> H, s & 1)
-            recurrent_matmul(<int> n, <int> H, <int> H, dgh, <int> H, w_hh + 2 * H * H, <int> H,
-                             False, pk + 2 * H * panel(<floating> 0) if pk else NULL, ps, True,
-                             tmp, <int> H, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, pk, ps, True, tmp,
+                             <int> H, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> H, dgh, <int> H,
+                             pk + 2 * H * panel(<floating> 0), ps, True, tmp, <int> H, s & 1)
             memcpy(dh, tmp, n * H * sizeof(floating))
         else:  # GRU_B
             if floating is float:
@@ -733,29 +720,27 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
             else:
                 fastrnn_grub_n_bwd_f64(n, H, act, hp, dh, dg, tmp)
             # (B2): d rh = d a_n W_hn, into dh (free now)
-            recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH, w_hh + 2 * H * H,
-                             <int> H, False, pk + 2 * H * panel(<floating> 0) if pk else NULL,
-                             ps, False, dh, <int> H, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> H, dg + 2 * H, <int> GH,
+                             pk + 2 * H * panel(<floating> 0), ps, False, dh, <int> H, s & 1)
             if floating is float:
                 fastrnn_grub_rz_bwd_f32(n, H, act, hp, dh, dg, tmp)
             else:
                 fastrnn_grub_rz_bwd_f64(n, H, act, hp, dh, dg, tmp)
             # (B1): through a_r, a_z = ... + W_h{r,z} h_prev
-            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, w_hh, <int> H, False,
-                             pk, ps, True, tmp, <int> H, s & 1)
+            recurrent_matmul(<int> n, <int> H, <int> (2 * H), dg, <int> GH, pk, ps, True, tmp,
+                             <int> H, s & 1)
             memcpy(dh, tmp, n * H * sizeof(floating))
-    if q.ipk != NULL:
-        # dX = dG W_ih for this range's rows of every step (rows past an end hold dG = 0)
-        if floating is float:
-            fastrnn_small_gemm_blocks_f32(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
-                                          <const float *> q.ipk, GH * panel(<floating> 0),
-                                          False, <float *> q.xc + r0 * q.n_in, B * q.n_in,
-                                          q.n_in)
-        else:
-            fastrnn_small_gemm_blocks_f64(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
-                                          <const double *> q.ipk, GH * panel(<floating> 0),
-                                          False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
-                                          q.n_in)
+    # dX = dG W_ih for this range's rows of every step (rows past an end hold dG = 0)
+    if floating is float:
+        fastrnn_small_gemm_blocks_f32(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
+                                      <const float *> q.ipk, GH * panel(<floating> 0),
+                                      False, <float *> q.xc + r0 * q.n_in, B * q.n_in,
+                                      q.n_in)
+    else:
+        fastrnn_small_gemm_blocks_f64(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
+                                      <const double *> q.ipk, GH * panel(<floating> 0),
+                                      False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
+                                      q.n_in)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1007,10 +992,9 @@ cdef void run_units(const Seq *q, floating *buf, bint backward, int nt) noexcept
 
 
 cdef inline bint units_apply(const Seq *q, int unit_threads) noexcept nogil:
-    """Whether a call takes the hidden-unit split: batch 1 on the own kernels, a cell it
-    covers, and more than one thread asked for."""
-    return (unit_threads > 1 and q.B == 1 and q.pk != NULL and q.ipk != NULL and not q.proj
-            and q.cell != GRU_B)
+    """Whether a call takes the hidden-unit split: batch 1, a cell it covers, and more than
+    one thread asked for."""
+    return unit_threads > 1 and q.B == 1 and not q.proj and q.cell != GRU_B
 
 
 cdef struct RowJob:
@@ -1257,7 +1241,7 @@ cdef struct ForwardCall:
     void *c_n
     void *xproj
     const void *b_ih
-    void *pk                # wpack, or NULL (BLAS)
+    void *pk                # wpack
     bint packed
     const int64_t *bounds
     int nt
@@ -1379,7 +1363,6 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
     cdef floating *hs_ = <floating *> q.hs
     cdef floating *cs_ = <floating *> q.cs
     cdef floating *xproj_ = <floating *> call.xproj
-    cdef const floating *xc_ = <const floating *> q.xc
     cdef const floating *w_ih_ = <const floating *> q.w_ih
     cdef const floating *w_hh_ = <const floating *> q.w_hh
     cdef const floating *b_ih = <const floating *> call.b_ih
@@ -1398,10 +1381,10 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
         memcpy(hs_ + j * P, h0_ + order_[j] * P, P * sizeof(floating))
         if cell == LSTM:
             memcpy(cs_ + j * H, c0_ + order_[j] * H, H * sizeof(floating))
-    if pk != NULL and cell == GRU_B:
+    if cell == GRU_B:
         pk_n = pk + packed_size(H, 2 * H, floating is double)
     q.pk, q.pk_n = pk, pk_n
-    if helper and nt == 1 and ipk != NULL and not units_apply(q, unit_threads):
+    if helper and nt == 1 and not units_apply(q, unit_threads):
         q.pipe_steps = pipe_steps(B, I, GH, q.chunk)
     if q.pipe_steps > 0:
         # the ring holds whole chunks, at most FASTRNN_PIPE_SLOTS of them
@@ -1411,13 +1394,12 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
     # is packed here even when no step runs (S == 0)
     q.pack_units = not packed and S > 0 and units_apply(q, unit_threads)
     if not packed and not q.pack_units:
-        if pk != NULL and cell == GRU_B:
+        if cell == GRU_B:
             pack(H, 2 * H, True, w_hh_, H, pk)
             pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-        elif pk != NULL:
+        else:
             pack(P, GH, True, w_hh_, P, pk)
-        if ipk != NULL:
-            pack(I, GH, True, w_ih_, I, ipk)
+        pack(I, GH, True, w_ih_, I, ipk)
     if bpk != NULL and not q.pack_units:
         pack(GH, P, False, w_hh_, P, bpk)
         pack(GH, I, False, w_ih_, I, bipk)
@@ -1427,13 +1409,7 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
         for r in range(GH):
             bias[r] = b_ih[r] + (b_hh_[r] if cell != GRU else <floating> 0)
     if S > 0:
-        # (1) the input projection of every step: here by BLAS at a large batch, else
-        # per row range by the own kernel inside run_rows
-        if ipk == NULL:
-            fill_rows(S * B, GH, bias, xproj_)
-            gemm(False, True, <int> (S * B), <int> GH, <int> I, <floating> 1, xc_, <int> I,
-                 w_ih_, <int> I, <floating> 1, xproj_, <int> GH)
-        # (2) the time loop: row ranges in parallel, or one row's hidden units
+        # (1) the input projection, a chunk of steps at a time, and (2) the time loop: row ranges in parallel, or one row's hidden units
         if units_apply(q, unit_threads):
             run_units(q, xproj_, False, unit_threads)
         elif q.pipe_steps > 0:
@@ -1482,10 +1458,9 @@ def forward(int cell,
                                                 #      o * tanh(c) before W_hr; else (0, B, H)
             cnp.ndarray work,                   # WORK (B, 3H) GRU: recurrent part; GRU_B: rh;
                                                 #      LSTM projection: o * tanh(c)
-            cnp.ndarray wpack,                  # WORK forward_pack_size(...): W_hh^T packed for
-                                                #      the small-batch kernel; empty for BLAS
+            cnp.ndarray wpack,                  # WORK forward_pack_size(...): W_hh^T packed
             cnp.ndarray ipack,                  # WORK input_pack_size(...): folded bias, then
-                                                #      W_ih^T packed when the own kernel runs
+                                                #      W_ih^T packed
             cnp.ndarray bwpack,                 # OUT  training: backward()'s wpack, packed
                                                 #      here from these weights; else empty
             cnp.ndarray bipack,                 # OUT  training: backward()'s ipack; else empty
@@ -1534,25 +1509,28 @@ def forward(int cell,
     cdef floating *work_ = <floating *> data(work, 2, ft, True)
     cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
     cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
-    cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
+    cdef floating *pk = wpack_
     cdef floating *bias = ipack_
-    cdef floating *ipk = ipack_ + GH if ipack.shape[0] > GH else NULL
+    cdef floating *ipk = ipack_ + GH
     cdef floating *bpk = NULL
     cdef floating *bipk = NULL
     cdef int nt = <int> (bounds.shape[0] - 1)
     if bwpack.shape[0] > 0 or bipack.shape[0] > 0:
-        if (not training or pk == NULL or ipk == NULL
+        if (not training
                 or bwpack.shape[0] < packed_size(GH, P, ft == DOUBLE_TYPE)
                 or bipack.shape[0] < packed_size(GH, I, ft == DOUBLE_TYPE)):
             raise ValueError("forward: inconsistent backward packs (a bug in fastrnn)")
         bpk = <floating *> data(bwpack, 1, ft, True)
         bipk = <floating *> data(bipack, 1, ft, True)
     # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
-    if (xproj.size < (S if ipk == NULL else projection_steps(B, S, GH)) * B * GH or yc.size < S * B * P or hs.size != hs.shape[0] * B * P or
+    if (xproj.size < projection_steps(B, S, GH) * B * GH or yc.size < S * B * P or
+            hs.size != hs.shape[0] * B * P or
+            wpack.shape[0] < forward_pack_size(cell, P, H, ft == DOUBLE_TYPE) or
+            ipack.shape[0] < input_pack_size(I, GH, ft == DOUBLE_TYPE) or
             hs.shape[0] != (S + 1 if training else 2) or work.size < B * 3 * H or
             b_ih.shape[0] != GH or
             lengths.shape[0] != B or order.shape[0] != B or bounds.shape[0] < 2 or
-            ipack.shape[0] < GH or h0.size < B * P or h_n.size < B * P):
+            h0.size < B * P or h_n.size < B * P):
         raise ValueError("forward: inconsistent workspace sizes (a bug in fastrnn)")
     if B == 0:
         if later is not None:
@@ -1566,7 +1544,7 @@ def forward(int cell,
     q.hs, q.cs, q.acts, q.hraw, q.work, q.yc = hs_, cs_, acts_, hraw_, work_, yc_
     q.dgh = q.dhs = NULL
     q.xc, q.n_in, q.ipk, q.bias, q.w_ih = xc_, I, ipk, bias, w_ih_
-    q.chunk = S if ipk == NULL else projection_steps(B, S, GH)
+    q.chunk = projection_steps(B, S, GH)
     q.pipe, q.pipe_steps = NULL, 0
     q.bpk, q.bipk = bpk, bipk
     call.q = q
@@ -1593,19 +1571,14 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
     cdef WGrad *wg = &call.wg
     cdef int cell = q.cell, nt = call.nt, unit_threads = call.unit_threads
     cdef bint proj = q.proj, packed = call.packed
-    cdef Py_ssize_t S = q.S, B = q.B, H = q.H, P = q.P, GH = q.GH, I = q.n_in, SB = S * B
+    cdef Py_ssize_t S = q.S, B = q.B, H = q.H, P = q.P, GH = q.GH, I = q.n_in
     cdef Py_ssize_t j
     cdef const int64_t *order_ = q.order
     cdef const int64_t *bounds_ = call.bounds
-    cdef const floating *xc_ = <const floating *> wg.xc
     cdef const floating *w_ih_ = <const floating *> q.w_ih
     cdef const floating *w_hh_ = <const floating *> q.w_hh
-    cdef const floating *hs_ = <const floating *> wg.hs
-    cdef const floating *acts_ = <const floating *> wg.acts
-    cdef const floating *hraw_ = <const floating *> wg.hraw
     cdef const floating *dh_n_ = <const floating *> call.dh_n
     cdef const floating *dc_n_ = <const floating *> call.dc_n
-    cdef floating *dxc_ = <floating *> q.xc
     cdef floating *dh0_ = <floating *> call.dh0
     cdef floating *dc0_ = <floating *> call.dc0
     cdef floating *dw_ih_ = <floating *> wg.dw_ih
@@ -1614,8 +1587,6 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
     cdef floating *db_hh_ = <floating *> wg.db_hh
     cdef floating *dw_hr_ = <floating *> wg.dw_hr
     cdef floating *dgx_ = <floating *> call.dgx
-    cdef floating *dgh_ = <floating *> wg.dgh
-    cdef floating *dhs_ = <floating *> wg.dhs
     cdef floating *gbuf_ = <floating *> call.gbuf
     cdef floating *pk = <floating *> q.pk
     cdef floating *ipk = <floating *> q.ipk
@@ -1629,9 +1600,8 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
         if proj:
             memset(dw_hr_, 0, P * H * sizeof(floating))
     if B > 0:
-        if pk != NULL and not (packed or q.pack_units):
+        if not (packed or q.pack_units):
             pack(GH, P, False, w_hh_, P, pk)
-        if ipk != NULL and not (packed or q.pack_units):
             pack(GH, I, False, w_ih_, I, ipk)
         for j in range(B):
             memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
@@ -1645,38 +1615,8 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
             memcpy(dh0_ + order_[j] * P, dh + j * P, P * sizeof(floating))
             if cell == LSTM:
                 memcpy(dc0_ + order_[j] * H, dc + j * H, H * sizeof(floating))
-        if S > 0 and ipk != NULL:
+        if S > 0:
             run_weight_grads(wg, gbuf_, call.gbuf_size, call.gbuf_threads)
-        elif S > 0:
-            # whole-sequence products: dW_ih = dG^T X, dX = dG W_ih, db_ih = sum dG
-            gemm(True, False, <int> GH, <int> I, <int> SB, <floating> 1, dgx_, <int> GH,
-                 xc_, <int> I, <floating> 0, dw_ih_, <int> I)
-            gemm(False, False, <int> SB, <int> I, <int> GH, <floating> 1, dgx_, <int> GH,
-                 w_ih_, <int> I, <floating> 0, dxc_, <int> I)
-            column_sums(SB, GH, dgx_, GH, db_ih_)
-            # dW_hh = dG_h^T H_prev over all steps, hs[0:S] being the state before each step
-            if cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
-                gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
-                     <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
-                gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgh_, <int> H,
-                     hs_, <int> H, <floating> 0, dw_hh_ + 2 * H * H, <int> H)
-                memcpy(db_hh_, db_ih_, 2 * H * sizeof(floating))
-                column_sums(SB, H, dgh_, H, db_hh_ + 2 * H)
-            elif cell == GRU_B:
-                # r, z rows see h_prev; n rows see rh, saved in acts' last H columns (B2)
-                gemm(True, False, <int> (2 * H), <int> H, <int> SB, <floating> 1, dgx_,
-                     <int> GH, hs_, <int> H, <floating> 0, dw_hh_, <int> H)
-                gemm(True, False, <int> H, <int> H, <int> SB, <floating> 1, dgx_ + 2 * H,
-                     <int> GH, acts_ + 3 * H, <int> (4 * H), <floating> 0,
-                     dw_hh_ + 2 * H * H, <int> H)
-                memcpy(db_hh_, db_ih_, GH * sizeof(floating))
-            else:
-                gemm(True, False, <int> GH, <int> P, <int> SB, <floating> 1, dgx_, <int> GH,
-                     hs_, <int> P, <floating> 0, dw_hh_, <int> P)
-                memcpy(db_hh_, db_ih_, GH * sizeof(floating))
-            if proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
-                gemm(True, False, <int> P, <int> H, <int> SB, <floating> 1, dhs_, <int> P,
-                     hraw_, <int> H, <floating> 0, dw_hr_, <int> H)
 
 
 def backward(int cell,
@@ -1708,10 +1648,9 @@ def backward(int cell,
              cnp.ndarray dgh,                   # WORK (S*B, H) GRU: d hh_n; else (0, H)
              cnp.ndarray dhs,                   # WORK (S*B, P) LSTM projection: dL/dh per step
              cnp.ndarray work,                  # WORK (3B, H) dh, dc, dh_prev / drh
-             cnp.ndarray wpack,                 # WORK backward_pack_size(...): W_hh packed for
-                                                #      the small-batch kernel; empty for BLAS
+             cnp.ndarray wpack,                 # WORK backward_pack_size(...): W_hh packed
              cnp.ndarray ipack,                 # WORK backward_input_pack_size(...): W_ih
-                                                #      packed for dX; empty for BLAS
+                                                #      packed for dX
              cnp.ndarray gbuf,                  # WORK (threads, gemm_buffer_size()) scratch
                                                 #      of the weight-gradient products, one
                                                 #      row a thread (its rows: their threads)
@@ -1721,9 +1660,9 @@ def backward(int cell,
     Steps run from the last down to 0 on the rows still running there; a row's state
     gradient passes through its padded steps untouched. After the loop, whole-sequence GEMMs
     give the weight, bias and input gradients (rows past a sequence's end hold zero
-    gate gradients, so they add nothing). At a batch the own kernel takes, those products run
-    on fastrnn's threads too (dX by row ranges, weight gradients by column panels), so no
-    BLAS thread pool competes with them; larger batches take BLAS.
+    gate gradients, so they add nothing). Those products run on fastrnn's threads too (dX by
+    row ranges, weight gradients by column panels), so no BLAS thread pool competes with
+    them.
     """
     cdef BackwardCall call
     cdef Seq q
@@ -1762,13 +1701,14 @@ def backward(int cell,
     cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
     cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
     cdef floating *gbuf_ = <floating *> data(gbuf, 2, ft, True)
-    cdef floating *pk = wpack_ if wpack.shape[0] > 0 else NULL
-    cdef floating *ipk = ipack_ if ipack.shape[0] > 0 else NULL
+    cdef floating *pk = wpack_
+    cdef floating *ipk = ipack_
     if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
             work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
-            order.shape[0] != B or bounds.shape[0] < 2 or (ipk != NULL and gbuf.shape[0] < 1)
+            order.shape[0] != B or bounds.shape[0] < 2 or gbuf.shape[0] < 1
             or (cell != RNN_TANH and cell != RNN_RELU and acts.size < SB * 4 * H)
-            or (packed and (pk == NULL or ipk == NULL))):
+            or wpack.shape[0] < backward_pack_size(cell, P, H, ft == DOUBLE_TYPE)
+            or ipack.shape[0] < backward_input_pack_size(GH, I, ft == DOUBLE_TYPE)):
         raise ValueError("backward: inconsistent workspace sizes (a bug in fastrnn)")
     q.cell, q.training, q.proj = cell, True, proj
     q.S, q.B, q.H, q.P, q.GH, q.NH, q.NA = S, B, H, P, GH, S + 1, acts.shape[0]

@@ -51,8 +51,8 @@ class LayerWeights:
     b_hh: np.ndarray  # (G*H,)
     w_hr: np.ndarray | None = None  # (P, H) LSTM projection, or None
     frozen: bool = False  # every array read-only and owning its data (model.freeze())
-    # frozen: the kernels' packed copies, made by the first call that needs each kind and
-    # size and kept for every later call from any thread (only read after that)
+    # frozen: the kernels' packed copies ("forward", "backward"), made by the first call
+    # that needs each and kept for every later call from any thread (only read after that)
     packs: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -74,7 +74,7 @@ class Tape:
     reverse: bool
     identity: bool  # compact layout == user layout (forward, no lengths)
     T: int
-    packs: tuple  # (W_hh, W_ih) packed for backward by forward, or () (backward packs them)
+    packs: tuple  # (W_hh, W_ih) packed for backward by forward
     alone: bool = False  # forward ran on one thread beside the other direction; backward too
 
 
@@ -258,20 +258,19 @@ class _Buffers:
         return last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
 
 
-def _backward_pack_shapes(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
-    """Shapes of backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
+def _backward_pack_shapes(cell: str, P: int, H: int, I: int, dtype):  # noqa: E741
+    """Shapes of backward's packs of W_hh and W_ih."""
     double = dtype == np.float64
-    size = _kernels.backward_pack_size(CELL_CODES[cell], B, P, H, double)
-    if size == 0:
-        return None
     GH = NUM_GATES[cell] * H
-    return (size,), (_kernels.backward_input_pack_size(B, GH, I, double),)
+    return (
+        (_kernels.backward_pack_size(CELL_CODES[cell], P, H, double),),
+        (_kernels.backward_input_pack_size(GH, I, double),),
+    )
 
 
-def _backward_packs(cell: str, B: int, P: int, H: int, I: int, dtype):  # noqa: E741
-    """Scratch for backward's packs of W_hh and W_ih, or None at a batch that takes BLAS."""
-    shapes = _backward_pack_shapes(cell, B, P, H, I, dtype)
-    return None if shapes is None else tuple(_scratch(shape, dtype) for shape in shapes)
+def _backward_packs(cell: str, P: int, H: int, I: int, dtype):  # noqa: E741
+    """Scratch for backward's packs of W_hh and W_ih."""
+    return tuple(_scratch(shape, dtype) for shape in _backward_pack_shapes(cell, P, H, I, dtype))
 
 
 def _new_packs(key: tuple, shapes: tuple, dtype, made: dict) -> tuple:
@@ -290,26 +289,22 @@ def _no_packs(dtype) -> tuple[np.ndarray, np.ndarray]:
     return empty, empty
 
 
-def _training_weights(cell: str, weights: LayerWeights, B: int, P: int, H: int, I: int):  # noqa: E741
+def _training_weights(cell: str, weights: LayerWeights, P: int, H: int, I: int):  # noqa: E741
     """What a training forward pass keeps of its weights for backward, and the buffers
     for backward's packs of W_hh and W_ih if forward makes them.
 
     Backward must see the weights as they were at forward time, even if an optimiser
-    updates the parameters in place in between. At a batch the own kernels take, forward
-    packs W_hh and W_ih for backward as well (in parallel, where threads share the step by
-    units), and those packs are the pass's copy of them: copying the two matrices first
-    cost ~5% of an LSTM (100, 1, 256, 256) training step. A larger batch's backward reads
-    them through BLAS: they are copied. W_hr (LSTM projection) is always read as it is, and
-    so copied; frozen parameters cannot change and are kept as they are.
+    updates the parameters in place in between. Forward packs W_hh and W_ih for backward as
+    well (in parallel, where threads share the step by units), and those packs are the
+    pass's copy of them: copying the two matrices first cost ~5% of an LSTM (100, 1, 256,
+    256) training step. W_hr (LSTM projection) is read as it is (BLAS), and so copied;
+    frozen parameters cannot change and are kept as they are.
     """
     dtype = weights.w_hh.dtype
     if weights.frozen:
         return weights, _no_packs(dtype)
     w_hr = None if weights.w_hr is None else weights.w_hr.copy()
-    packs = _backward_packs(cell, B, P, H, I, dtype)
-    if packs is None:
-        w_ih, w_hh = weights.w_ih.copy(), weights.w_hh.copy()
-        return LayerWeights(w_ih, w_hh, weights.b_ih, weights.b_hh, w_hr), _no_packs(dtype)
+    packs = _backward_packs(cell, P, H, I, dtype)
     # backward reads only the shapes of w_ih and w_hh
     return LayerWeights(weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, w_hr), packs
 
@@ -358,8 +353,8 @@ def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
         "work": (B, 3 * H),
         "hraw": (S if training and proj else 0, B, H),
         "no_w_hr": (0, H),
-        "wpack": (_kernels.forward_pack_size(CELL_CODES[cell], B, P, H, double),),
-        "ipack": (_kernels.input_pack_size(B, I, G * H, double),),
+        "wpack": (_kernels.forward_pack_size(CELL_CODES[cell], P, H, double),),
+        "ipack": (_kernels.input_pack_size(I, G * H, double),),
     }
     nbytes = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
     return shapes, nbytes
@@ -445,22 +440,21 @@ def forward(
     # call to the next for as long as the parameters are the same arrays.
     kept = {}  # packs this call makes that the frozen weights keep once it has run
     if weights.frozen:
-        # (the size of W_hh^T's pack, 0 for BLAS, tells the two sizes of these weights apart)
-        packs = weights.packs.get(("forward", wpack.size))
+        packs = weights.packs.get("forward")
         packed = packs is not None
         if not packed:
-            packs = _new_packs(("forward", wpack.size), (wpack.shape, ipack.shape), dtype, kept)
+            packs = _new_packs("forward", (wpack.shape, ipack.shape), dtype, kept)
         wpack, ipack = packs
     else:
         packed = buffer.holds(weights, (wpack, ipack))
     if training:
-        weights, bpacks = _training_weights(cell, weights, B, P, H, I)
-        tape_packs = bpacks if bpacks[0].size else ()
-        shapes = _backward_pack_shapes(cell, B, P, H, I, dtype) if weights.frozen else None
-        if shapes is not None:
-            tape_packs = weights.packs.get(("backward", shapes[0]))
+        weights, bpacks = _training_weights(cell, weights, P, H, I)
+        tape_packs = bpacks
+        if weights.frozen:
+            tape_packs = weights.packs.get("backward")
             if tape_packs is None:  # this call's forward pass makes them
-                bpacks = tape_packs = _new_packs(("backward", shapes[0]), shapes, dtype, kept)
+                shapes = _backward_pack_shapes(cell, P, H, I, dtype)
+                bpacks = tape_packs = _new_packs("backward", shapes, dtype, kept)
     else:
         bpacks, tape_packs = _no_packs(dtype), ()
     if later is not None:
@@ -563,16 +557,13 @@ def backward(
     dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
     work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
-    # made by forward from the weights of that pass, or packed here (empty for BLAS)
-    packs = tape.packs or _backward_packs(tape.cell, B, P, H, I, dtype)
-    packs = packs or (np.empty(0, dtype), np.empty(0, dtype))
-    wpack, ipack = packs
+    wpack, ipack = tape.packs  # made by forward from the weights of that pass
     alone = later is not None  # prepared for one thread, beside the other direction
     grad_threads = 1 if alone else _threads.product_threads(S * B * G * H * (I + P))
     gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
-        CELL_CODES[tape.cell], bool(tape.packs), tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
+        CELL_CODES[tape.cell], True, tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
         tape.order, _threads.one_range(B) if alone else tape.bounds,
         1 if alone else tape.unit_threads,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
@@ -581,7 +572,7 @@ def backward(
     )  # fmt: skip
 
     def finish():
-        _release(dgx, dgh, dhs, gbuf, *(() if tape.packs else packs))
+        _release(dgx, dgh, dhs, gbuf)
         if w.w_hr is None:
             del grads["weight_hr"]
         if tape.identity:

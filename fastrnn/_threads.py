@@ -4,9 +4,9 @@ The rows of a batch never interact, so each thread runs the whole time loop of a
 range of rows, with no barrier between steps; ranges are balanced by their real tokens. A
 batch of one row instead shares each step by hidden units, with a barrier once a step
 (`unit_threads`); a time loop left on one thread gets a second one projecting its input
-ahead (`projection_helper`). Results are bit-identical for any thread count. BLAS (the
-whole-sequence products at batch > 128) keeps its own thread setting: control it with
-threadpoolctl.
+ahead (`projection_helper`). Results are bit-identical for any thread count. Every
+product runs on these threads; BLAS (only an LSTM's W_hr, through scipy) keeps its own
+thread setting: control it with threadpoolctl.
 """
 
 from __future__ import annotations

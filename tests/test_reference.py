@@ -30,8 +30,8 @@ SHAPES = [
     # batch 1 over several panels of 64 gate columns, the last one partial: alternate steps
     # read the panels in reverse order
     pytest.param((9, 1, 6, 37), id="T9-B1-I6-H37"),
-    # Batches above 128 (SMALL_BATCH in _kernels.pyx) take BLAS for the per-step products.
-    pytest.param((3, 130, 4, 9), id="T3-B130-I4-H9"),
+    # past 192 rows the own kernels' products run in two blocks of rows
+    pytest.param((3, 200, 4, 9), id="T3-B200-I4-H9"),
 ]
 LENGTHS = [None, "mixed", "full", "zeros"]
 

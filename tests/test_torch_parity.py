@@ -149,12 +149,12 @@ def test_lstm_projection_matches_torch(num_layers, bidirectional, packed, dtype)
     run_both("lstm", dtype, num_layers, bidirectional, True, lengths, seed=19, proj_size=3)
 
 
-# Wider problems: batches up to 128 (SMALL_BATCH in _kernels.pyx) run the kernels' own
-# recurrent product over several column panels, larger ones run BLAS.
+# Wider problems: the kernels' own recurrent product over several column panels, and past
+# 192 rows in two blocks of rows.
 WIDER = [  # (T, B, I, H)
     pytest.param((6, 16, 7, 40), id="B16-H40"),
     pytest.param((4, 21, 9, 36), id="B21-H36"),
-    pytest.param((3, 130, 5, 12), id="blas-B130-H12"),
+    pytest.param((3, 200, 5, 12), id="rowblocks-B200-H12"),
 ]
 
 

@@ -603,7 +603,7 @@ WEIGHT_UPDATE_CASES = [  # (cell, batch, threads, proj_size)
             (1, 1, "B1-one-thread"),
             (1, 2, "B1-split-by-units"),  # forward packs for backward by units, in parallel
             (3, 2, "B3-row-ranges"),
-            (130, 2, "B130-blas"),  # past the own kernels' batch: copies
+            (200, 2, "B200-row-ranges"),  # rows past 192: products in two row blocks
         ]
     ),
     pytest.param("lstm", 3, 1, 3, id="lstm-B3-projection"),
@@ -617,8 +617,8 @@ def test_parameters_updated_before_backward_do_not_change_gradients(
 ):
     """backward uses the weights of its forward_train: an optimiser's in-place step on every
     parameter in between (or a parameter replaced) leaves its gradients bit-identical to a
-    pass without one. forward_train keeps packs of W_hh and W_ih for backward at small
-    batch, copies at large batch."""
+    pass without one. forward_train keeps packs of W_hh and W_ih for backward (and a copy
+    of W_hr)."""
     monkeypatch.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
     monkeypatch.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
     saved = fastrnn.get_num_threads()
