@@ -744,15 +744,18 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
 
 
 # ---------------------------------------------------------------------------------------
-# One batch row shared by hidden units
+# A step shared by hidden units
 # ---------------------------------------------------------------------------------------
 #
 # At batch 1 there are no rows to split, and a step is a matrix-vector product that reads
-# all of W_hh: each of nt threads takes a range of hidden units (of every gate), so that it
-# reads only its part of W_hh (which then stays in its core's cache) and meets the others
-# at a barrier once a step, when the new state is complete. Each unit's numbers come from
-# the same operations in the same order as in forward_rows / backward_rows, so results do
-# not depend on the split. Cells: RNN, LSTM without projection, GRU "reset after".
+# all of W_hh; with a few rows, row ranges would leave each thread streaming all of W_hh
+# for one or two rows. Instead each of nt threads takes a range of hidden units (of every
+# gate) of every row, so that it reads only its part of W_hh (which then stays in its
+# core's cache) and meets the others at a barrier once a step, when the new state is
+# complete. Rows other than batch 1's must all run every step (no lengths to follow). Each
+# unit's numbers come from the same operations in the same order as in forward_rows /
+# backward_rows, so results do not depend on the split. Cells: RNN, LSTM without
+# projection, GRU "reset after".
 
 
 cdef inline void unit_range(Py_ssize_t H, int t, int nt, floating dummy, Py_ssize_t *j0,
@@ -798,13 +801,27 @@ cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
         fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c)
 
 
+cdef inline void unit_product(int G, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                              Py_ssize_t K, const floating *a, const floating *packed,
+                              Py_ssize_t ps, floating *c, Py_ssize_t ldc) noexcept nogil:
+    """Units j0..j1-1 of every gate of the B rows c (B, ldc) += a (B, K) @ packed: one row in
+    a single pass over the gates (matvec chains across them), more rows a tile per gate."""
+    cdef int g
+    if B == 1:
+        gate_cols(G, H, j0, j1, K, a, packed, ps, c)
+        return
+    for g in range(G):
+        gemm_cols(B, g * H + j0, g * H + j1, K, a, K, packed, ps, True, c, ldc)
+
+
 cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
                         fastrnn_barrier *barrier) noexcept nogil:
-    """Thread t's hidden units of the one row of a batch-1 forward pass, every step."""
+    """Thread t's hidden units of every row of a forward pass shared by units, every step
+    (rows other than batch 1's all run every step)."""
     cdef int cell = q.cell, G = num_gates(cell), g
     cdef bint relu = cell == RNN_RELU
-    cdef Py_ssize_t H = q.H, GH = q.GH, NH = q.NH, ps = q.panel_stride, I = q.n_in
-    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, steps = 0
+    cdef Py_ssize_t H = q.H, GH = q.GH, NH = q.NH, ps = q.panel_stride, I = q.n_in, B = q.B
+    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, r, steps = 0
     cdef const floating *pk = <const floating *> q.pk
     cdef const floating *b_hh = <const floating *> q.b_hh
     cdef const floating *bias = <const floating *> q.bias
@@ -836,48 +853,52 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
             # and gate: GRU (100, 1, 256, 256), 2 threads, memmove 3.0% of perf's samples)
             steps_in = min(chunk, S - s)
             for g in range(G):
-                gemm_cols(steps_in, g * H + j0, g * H + j1, I,
-                          <const floating *> q.xc + s * I, I, <const floating *> q.ipk,
+                gemm_cols(steps_in * B, g * H + j0, g * H + j1, I,
+                          <const floating *> q.xc + s * B * I, I, <const floating *> q.ipk,
                           I * panel(<floating> 0), False, xproj, GH, bias)
-        pre = xproj + (s % chunk) * GH
+        pre = xproj + (s % chunk) * B * GH
         hp = state_before(q, s, 0, <floating> 0)
         hn = state_after(q, s, 0, <floating> 0)
-        act = <floating *> q.acts + s * 4 * H if q.training and q.NA > 0 else NULL
+        act = <floating *> q.acts + s * B * 4 * H if q.training and q.NA > 0 else NULL
         if j1 > j0:
             # (2) this thread's units: their columns of the recurrent product, gate math
             if cell == GRU:
-                for g in range(G):
-                    memcpy(work + g * H + j0, b_hh + g * H + j0, (j1 - j0) * sizeof(floating))
-                gate_cols(G, H, j0, j1, H, hp, pk, ps, work)
+                for r in range(B):
+                    for g in range(G):
+                        memcpy(work + r * GH + g * H + j0, b_hh + g * H + j0,
+                               (j1 - j0) * sizeof(floating))
+                unit_product(G, B, H, j0, j1, H, hp, pk, ps, work, GH)
             else:
-                gate_cols(G, H, j0, j1, H, hp, pk, ps, pre)
+                unit_product(G, B, H, j0, j1, H, hp, pk, ps, pre, GH)
             if cell == LSTM:
                 if floating is float:
-                    fastrnn_lstm_gates_fwd_f32(1, H, j0, j1, pre, cs + (s % NH) * H, act,
-                                               cs + ((s + 1) % NH) * H, hn)
+                    fastrnn_lstm_gates_fwd_f32(B, H, j0, j1, pre, cs + (s % NH) * B * H, act,
+                                               cs + ((s + 1) % NH) * B * H, hn)
                 else:
-                    fastrnn_lstm_gates_fwd_f64(1, H, j0, j1, pre, cs + (s % NH) * H, act,
-                                               cs + ((s + 1) % NH) * H, hn)
+                    fastrnn_lstm_gates_fwd_f64(B, H, j0, j1, pre, cs + (s % NH) * B * H, act,
+                                               cs + ((s + 1) % NH) * B * H, hn)
             elif cell == GRU:
                 if floating is float:
-                    fastrnn_gru_gates_fwd_f32(1, H, j0, j1, pre, work, hp, act, hn)
+                    fastrnn_gru_gates_fwd_f32(B, H, j0, j1, pre, work, hp, act, hn)
                 else:
-                    fastrnn_gru_gates_fwd_f64(1, H, j0, j1, pre, work, hp, act, hn)
+                    fastrnn_gru_gates_fwd_f64(B, H, j0, j1, pre, work, hp, act, hn)
             else:
                 if floating is float:
-                    fastrnn_rnn_gates_fwd_f32(1, H, j0, j1, relu, pre, hn)
+                    fastrnn_rnn_gates_fwd_f32(B, H, j0, j1, relu, pre, hn)
                 else:
-                    fastrnn_rnn_gates_fwd_f64(1, H, j0, j1, relu, pre, hn)
+                    fastrnn_rnn_gates_fwd_f64(B, H, j0, j1, relu, pre, hn)
             if q.training:
-                memcpy(yc + s * H + j0, hn + j0, (j1 - j0) * sizeof(floating))
+                for r in range(B):
+                    memcpy(yc + (s * B + r) * H + j0, hn + r * H + j0,
+                           (j1 - j0) * sizeof(floating))
         # every thread's part of h_s is written before any thread reads it
         fastrnn_barrier_wait(barrier, t, nt)
         steps = s + 1
-    if t == 0:  # steps past the sequence's end
+    if t == 0:  # steps past the sequence's end (batch 1)
         for s in range(steps, S):
-            memset(yc + s * H, 0, H * sizeof(floating))
+            memset(yc + s * B * H, 0, B * H * sizeof(floating))
             if q.training:
-                zero_saved_rows(q, hs, s, 0, 1)
+                zero_saved_rows(q, hs, s, 0, B)
 
 
 cdef inline void backward_pack_cols(const Seq *q, floating *pk, floating *ipk, int t,
@@ -894,20 +915,20 @@ cdef inline void backward_pack_cols(const Seq *q, floating *pk, floating *ipk, i
 
 cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
                          fastrnn_barrier *barrier) noexcept nogil:
-    """Thread t's hidden units of the one row of a batch-1 backward pass, every step, and
-    its columns of dX."""
+    """Thread t's hidden units of every row of a backward pass shared by units, every step,
+    and its columns of dX."""
     cdef int cell = q.cell, G = num_gates(cell), g
     cdef bint relu = cell == RNN_RELU
-    cdef Py_ssize_t H = q.H, GH = q.GH, ps = q.panel_stride, I = q.n_in
-    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, i0, i1
+    cdef Py_ssize_t H = q.H, GH = q.GH, ps = q.panel_stride, I = q.n_in, B = q.B
+    cdef Py_ssize_t S = q.S, length = q.lengths[0], s, j0, j1, i0, i1, r
     cdef const floating *pk = <const floating *> q.pk
     cdef const floating *hs = <const floating *> q.hs
     cdef const floating *cs = <const floating *> q.cs
     cdef const floating *acts = <const floating *> q.acts
     cdef const floating *dyc = <const floating *> q.yc
-    cdef floating *dh = <floating *> q.work           # (1, H)
-    cdef floating *dc = <floating *> q.work + H       # (1, H)
-    cdef floating *tmp = <floating *> q.work + 2 * H
+    cdef floating *dh = <floating *> q.work               # (B, H)
+    cdef floating *dc = <floating *> q.work + B * H       # (B, H)
+    cdef floating *tmp = <floating *> q.work + 2 * B * H  # (B, H)
     cdef floating *dg
     cdef floating *dgh
     cdef Py_ssize_t k
@@ -916,47 +937,49 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
     if q.pack_units:
         backward_pack_cols(q, <floating *> q.pk, <floating *> q.ipk, t, nt)
     for s in range(S - 1, -1, -1):
-        dg = dgx + s * GH
-        dgh = <floating *> q.dgh + s * H
-        if s >= length:  # past the end: zero gate gradients, the state gradient passes
+        dg = dgx + s * B * GH
+        dgh = <floating *> q.dgh + s * B * H
+        if s >= length:  # past the end (batch 1): zero gate gradients, the state's pass
             for g in range(G):
                 memset(dg + g * H + j0, 0, (j1 - j0) * sizeof(floating))
             if cell == GRU:
                 memset(dgh + j0, 0, (j1 - j0) * sizeof(floating))
             continue
-        for k in range(j0, j1):
-            dh[k] += dyc[s * H + k]
+        for r in range(B):
+            for k in range(j0, j1):
+                dh[r * H + k] += dyc[(s * B + r) * H + k]
         if cell == LSTM:
             if floating is float:
-                fastrnn_lstm_gates_bwd_f32(1, H, j0, j1, acts + s * 4 * H, cs + s * H,
-                                           cs + (s + 1) * H, dh, dc, dg)
+                fastrnn_lstm_gates_bwd_f32(B, H, j0, j1, acts + s * B * 4 * H, cs + s * B * H,
+                                           cs + (s + 1) * B * H, dh, dc, dg)
             else:
-                fastrnn_lstm_gates_bwd_f64(1, H, j0, j1, acts + s * 4 * H, cs + s * H,
-                                           cs + (s + 1) * H, dh, dc, dg)
+                fastrnn_lstm_gates_bwd_f64(B, H, j0, j1, acts + s * B * 4 * H, cs + s * B * H,
+                                           cs + (s + 1) * B * H, dh, dc, dg)
         elif cell == GRU:
             if floating is float:
-                fastrnn_gru_gates_bwd_f32(1, H, j0, j1, acts + s * 4 * H, hs + s * H, dh, dg,
-                                          dgh, tmp)
+                fastrnn_gru_gates_bwd_f32(B, H, j0, j1, acts + s * B * 4 * H, hs + s * B * H,
+                                          dh, dg, dgh, tmp)
             else:
-                fastrnn_gru_gates_bwd_f64(1, H, j0, j1, acts + s * 4 * H, hs + s * H, dh, dg,
-                                          dgh, tmp)
+                fastrnn_gru_gates_bwd_f64(B, H, j0, j1, acts + s * B * 4 * H, hs + s * B * H,
+                                          dh, dg, dgh, tmp)
         else:
             if floating is float:
-                fastrnn_rnn_gates_bwd_f32(1, H, j0, j1, relu, hs + (s + 1) * H, dh, dg)
+                fastrnn_rnn_gates_bwd_f32(B, H, j0, j1, relu, hs + (s + 1) * B * H, dh, dg)
             else:
-                fastrnn_rnn_gates_bwd_f64(1, H, j0, j1, relu, hs + (s + 1) * H, dh, dg)
+                fastrnn_rnn_gates_bwd_f64(B, H, j0, j1, relu, hs + (s + 1) * B * H, dh, dg)
         # every thread's gate gradients are written before any thread multiplies them
         fastrnn_barrier_wait(barrier, t, nt)
         # this thread's units of dh_prev = dG W_hh (GRU: direct part + r, z blocks + n block)
         if cell == GRU:
-            gemm_cols(1, j0, j1, 2 * H, dg, GH, pk, ps, True, tmp, H)
-            gemm_cols(1, j0, j1, H, dgh, H, pk + 2 * H * panel(<floating> 0), ps, True, tmp, H)
-            memcpy(dh + j0, tmp + j0, (j1 - j0) * sizeof(floating))
+            gemm_cols(B, j0, j1, 2 * H, dg, GH, pk, ps, True, tmp, H)
+            gemm_cols(B, j0, j1, H, dgh, H, pk + 2 * H * panel(<floating> 0), ps, True, tmp, H)
+            for r in range(B):
+                memcpy(dh + r * H + j0, tmp + r * H + j0, (j1 - j0) * sizeof(floating))
         else:
-            gemm_cols(1, j0, j1, GH, dg, GH, pk, ps, False, dh, H)
+            gemm_cols(B, j0, j1, GH, dg, GH, pk, ps, False, dh, H)
     # this thread's columns of dX = dG W_ih, every step (needs every thread's dG)
     fastrnn_barrier_wait(barrier, t, nt)
-    gemm_cols(S, i0, i1, GH, dgx, GH, <const floating *> q.ipk, GH * panel(<floating> 0),
+    gemm_cols(S * B, i0, i1, GH, dgx, GH, <const floating *> q.ipk, GH * panel(<floating> 0),
               False, <floating *> q.xc, I)
 
 
@@ -992,9 +1015,10 @@ cdef void run_units(const Seq *q, floating *buf, bint backward, int nt) noexcept
 
 
 cdef inline bint units_apply(const Seq *q, int unit_threads) noexcept nogil:
-    """Whether a call takes the hidden-unit split: batch 1, a cell it covers, and more than
-    one thread asked for."""
-    return unit_threads > 1 and q.B == 1 and not q.proj and q.cell != GRU_B
+    """Whether a call takes the hidden-unit split: more than one thread asked for, a cell it
+    covers, and batch 1 or rows that all run every step."""
+    return (unit_threads > 1 and q.B >= 1 and not q.proj and q.cell != GRU_B
+            and (q.B == 1 or q.lengths[q.order[q.B - 1]] >= q.S))
 
 
 cdef struct RowJob:

@@ -371,7 +371,8 @@ def _full_length_split(S: int, B: int, I: int, GH: int, P: int, threads: int):
 def _split(lens, order, S: int, B: int, I: int, GH: int, P: int):
     """How a call's time loop is shared among threads (_threads)."""
     bounds = _threads.row_bounds(lens, order, S, GH * (P + I))
-    unit_threads = _threads.unit_threads(B, S, GH * P)
+    full = B <= 1 or int(lens[order[-1]]) >= S
+    unit_threads = _threads.unit_threads(B, S, B * GH * P, full)
     return bounds, unit_threads, _threads.projection_helper(bounds, unit_threads, S * B * GH * I)
 
 

@@ -55,10 +55,19 @@ _MIN_UNIT_STEP_WORK = 65_536
 _one_range: dict[int, np.ndarray] = {}
 
 
-def unit_threads(batch: int, steps: int, macs_per_step: int) -> int:
-    """Threads that share each step of a batch-1 call by hidden units (1: no split)."""
+# A batch of a few rows splits by units too (every row running every step): with row
+# ranges, each thread streams all of W_hh for one or two rows. Measured (one process, 2
+# threads, units / row ranges): batch 2 LSTM H = 128-256 0.71 inference and 0.82-0.86
+# training, GRU H = 128-256 0.75-0.88 / 0.82, RNN H = 512 0.78; batch 3 inference a tie
+# (0.95-1.03), training 0.83-0.86; batch 4 LSTM 1.07 inference, 0.95-0.97 training, batch
+# 5-8 1.06-1.07 inference: row ranges from two rows a thread.
+def unit_threads(batch: int, steps: int, macs_per_step: int, full: bool = True) -> int:
+    """Threads that share each step of a call by hidden units (1: no split); full: every row
+    runs every step (more than one row shares its steps only then)."""
     if (
-        batch != 1
+        batch < 1
+        or batch >= 2 * _num_threads
+        or (batch > 1 and not full)
         or _num_threads <= 1
         or macs_per_step < _MIN_UNIT_STEP_WORK
         or steps * macs_per_step < _MIN_PARALLEL_WORK // 4

@@ -296,31 +296,35 @@ def unit_threads():
     fastrnn.set_num_threads(saved)
 
 
-UNIT_SPLIT_CASES = [  # (hidden, length of the one row or None)
-    pytest.param(5, None, id="H5-fewer-units-than-a-vector"),
-    pytest.param(40, None, id="H40-partial-vector"),
-    pytest.param(72, 9, id="H72-length-9-of-11"),
-    pytest.param(33, 0, id="H33-length-0"),
+UNIT_SPLIT_CASES = [  # (batch, hidden, lengths or None); steps = 11
+    pytest.param(1, 5, None, id="B1-H5-fewer-units-than-a-vector"),
+    pytest.param(1, 40, None, id="B1-H40-partial-vector"),
+    pytest.param(1, 72, [9], id="B1-H72-length-9-of-11"),
+    pytest.param(1, 33, [0], id="B1-H33-length-0"),
+    # a few rows that all run every step share their steps by units too
+    pytest.param(2, 40, None, id="B2-H40"),
+    pytest.param(3, 72, [11, 11, 11], id="B3-H72-full-lengths"),
+    pytest.param(5, 33, None, id="B5-H33"),  # units on 3 threads, row ranges on 2
+    pytest.param(3, 40, [11, 4, 11], id="B3-H40-short-row"),  # row ranges
 ]
 
 
-@pytest.mark.parametrize(("hidden", "length"), UNIT_SPLIT_CASES)
+@pytest.mark.parametrize(("batch", "hidden", "lengths"), UNIT_SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_batch_one_split_by_units_does_not_change_results(
-    cell, dtype, hidden, length, unit_threads
-):
-    """At batch 1, threads share each step by hidden units: outputs, states and every
-    gradient are bit-identical for 1, 2 and 3 threads, and match the reference."""
+def test_split_by_units_does_not_change_results(cell, dtype, batch, hidden, lengths, unit_threads):
+    """At batch 1, and for a few rows that all run every step, threads share each step by
+    hidden units: outputs, states and every gradient are bit-identical for 1, 2 and 3
+    threads, and match the reference."""
     steps, inputs = 11, 7
     rng = np.random.default_rng(41)
     model = make_model(cell, inputs, hidden, num_layers=2, dtype=dtype, seed=41)
-    x = normal(rng, (steps, 1, inputs), dtype)
-    h0 = normal(rng, (2, 1, hidden), dtype, 0.5)
-    c0 = normal(rng, (2, 1, hidden), dtype, 0.5) if cell == "lstm" else None
-    lens = None if length is None else np.array([length])
-    dy = normal(rng, (steps, 1, hidden), dtype)
-    dh, dc = normal(rng, (2, 1, hidden), dtype), normal(rng, (2, 1, hidden), dtype)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (2, batch, hidden), dtype, 0.5)
+    c0 = normal(rng, (2, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = None if lengths is None else np.array(lengths)
+    dy = normal(rng, (steps, batch, hidden), dtype)
+    dh, dc = normal(rng, (2, batch, hidden), dtype), normal(rng, (2, batch, hidden), dtype)
     args = (model, cell, x, h0, c0, lens, dy, dh, dc)
     unit_threads(1)
     serial = run_model_and_grads(*args)
