@@ -31,6 +31,10 @@ GRID = (
 STACKED_SHAPE = (100, 16, 128, 128)  # where the 2-layer bidirectional models run
 # and a batch of one, where the two directions of a layer run at once on two threads
 STACKED_SHAPES = (STACKED_SHAPE, (100, 1, 64, 64))
+# Off the grid: a batch of two (its steps shared by hidden units on two threads), a batch of
+# three with a hidden size off the vector width, and a batch past 128 (BLAS's until the own
+# kernels measured faster there too)
+OTHER_SHAPES = ((100, 2, 256, 256), (100, 3, 128, 200), (30, 256, 128, 128))
 
 _FASTRNN_CLASSES = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 _TORCH_CLASS_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}

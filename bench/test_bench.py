@@ -9,7 +9,8 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
   torch forward then backward of ``(y * dy).sum()``, with x requiring grad so that both
   compute the input gradient.
 
-A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPES`` in both modes too, and
+Single layers run at ``OTHER_SHAPES`` (a few rows, a batch past 128) in both modes too, a
+2-layer bidirectional model of each cell at ``STACKED_SHAPES``, and
 fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
 weights stay packed between calls), in the same group.
 torch benchmarks are skipped when torch is not installed.
@@ -28,7 +29,7 @@ timing needs ``--benchmark-enable``::
     FASTRNN_BENCH_THREADS=2 PYTHONPATH=. pytest bench --benchmark-enable
 
 Smoke run: with ``--benchmark-disable`` every body runs once, untimed, at the full shapes
-(about 12 s for all 96 bodies on a 2-core machine at 1 thread). Should that grow too
+(about 12 s for all 165 bodies on a 2-core machine at 1 thread). Should that grow too
 slow, cut T for the largest shapes when ``benchmark.disabled`` is true, in ``_bench``.
 """
 
@@ -95,6 +96,15 @@ def _bench(
 @pytest.mark.parametrize("shape", common.GRID, ids=common.shape_id)
 @pytest.mark.parametrize("cell", common.CELLS)
 def test_single_layer(benchmark, cell, shape, mode, framework):
+    benchmark.group = f"{cell}-{mode}-{common.shape_id(shape)}"
+    _bench(benchmark, cell, shape, mode, framework)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("mode", common.MODES)
+@pytest.mark.parametrize("shape", common.OTHER_SHAPES, ids=common.shape_id)
+@pytest.mark.parametrize("cell", common.CELLS)
+def test_single_layer_other_shapes(benchmark, cell, shape, mode, framework):
     benchmark.group = f"{cell}-{mode}-{common.shape_id(shape)}"
     _bench(benchmark, cell, shape, mode, framework)
 
