@@ -1,6 +1,7 @@
 """pytest-benchmark suite: fastrnn against PyTorch on the same weights, side by side.
 
 For each cell (rnn with tanh, lstm, gru), each shape of the grid in ``_bench_common.GRID``
+(and of ``OTHER_SHAPES``: a few rows, a batch past 128)
 and each mode there is one benchmark for fastrnn and one for torch, in one group
 ``{cell}-{mode}-T..B..I..H..`` so that pytest-benchmark prints them together:
 
@@ -9,8 +10,7 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
   torch forward then backward of ``(y * dy).sum()``, with x requiring grad so that both
   compute the input gradient.
 
-Single layers run at ``OTHER_SHAPES`` (a few rows, a batch past 128) in both modes too, a
-2-layer bidirectional model of each cell at ``STACKED_SHAPES``, and
+A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPES`` in both modes too, and
 fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
 weights stay packed between calls), in the same group.
 torch benchmarks are skipped when torch is not installed.
@@ -29,7 +29,7 @@ timing needs ``--benchmark-enable``::
     FASTRNN_BENCH_THREADS=2 PYTHONPATH=. pytest bench --benchmark-enable
 
 Smoke run: with ``--benchmark-disable`` every body runs once, untimed, at the full shapes
-(about 12 s for all 165 bodies on a 2-core machine at 1 thread). Should that grow too
+(about 12 s for all 174 bodies on a 2-core machine at 1 thread). Should that grow too
 slow, cut T for the largest shapes when ``benchmark.disabled`` is true, in ``_bench``.
 """
 
@@ -93,18 +93,9 @@ def _bench(
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("mode", common.MODES)
-@pytest.mark.parametrize("shape", common.GRID, ids=common.shape_id)
+@pytest.mark.parametrize("shape", common.GRID + common.OTHER_SHAPES, ids=common.shape_id)
 @pytest.mark.parametrize("cell", common.CELLS)
 def test_single_layer(benchmark, cell, shape, mode, framework):
-    benchmark.group = f"{cell}-{mode}-{common.shape_id(shape)}"
-    _bench(benchmark, cell, shape, mode, framework)
-
-
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize("mode", common.MODES)
-@pytest.mark.parametrize("shape", common.OTHER_SHAPES, ids=common.shape_id)
-@pytest.mark.parametrize("cell", common.CELLS)
-def test_single_layer_other_shapes(benchmark, cell, shape, mode, framework):
     benchmark.group = f"{cell}-{mode}-{common.shape_id(shape)}"
     _bench(benchmark, cell, shape, mode, framework)
 
@@ -118,7 +109,7 @@ def test_two_layer_bidirectional(benchmark, cell, shape, mode, framework):
     _bench(benchmark, cell, shape, mode, framework, num_layers=2, bidirectional=True)
 
 
-@pytest.mark.parametrize("shape", common.GRID, ids=common.shape_id)
+@pytest.mark.parametrize("shape", common.GRID + common.OTHER_SHAPES, ids=common.shape_id)
 @pytest.mark.parametrize("cell", common.CELLS)
 def test_single_layer_frozen_inference(benchmark, cell, shape):
     benchmark.group = f"{cell}-inference-{common.shape_id(shape)}"

@@ -934,8 +934,6 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
     cdef Py_ssize_t k
     unit_range(H, t, nt, <floating> 0, &j0, &j1)
     unit_range(I, t, nt, <floating> 0, &i0, &i1)
-    if q.pack_units:
-        backward_pack_cols(q, <floating *> q.pk, <floating *> q.ipk, t, nt)
     for s in range(S - 1, -1, -1):
         dg = dgx + s * B * GH
         dgh = <floating *> q.dgh + s * B * H
@@ -1277,7 +1275,6 @@ cdef struct BackwardCall:
     # One backward() call: its Seq, its weight-gradient products and the rest it needs.
     Seq q
     WGrad wg
-    bint packed
     const void *dh_n
     const void *dc_n
     void *dh0
@@ -1594,13 +1591,11 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
     cdef Seq *q = &call.q
     cdef WGrad *wg = &call.wg
     cdef int cell = q.cell, nt = call.nt, unit_threads = call.unit_threads
-    cdef bint proj = q.proj, packed = call.packed
+    cdef bint proj = q.proj
     cdef Py_ssize_t S = q.S, B = q.B, H = q.H, P = q.P, GH = q.GH, I = q.n_in
     cdef Py_ssize_t j
     cdef const int64_t *order_ = q.order
     cdef const int64_t *bounds_ = call.bounds
-    cdef const floating *w_ih_ = <const floating *> q.w_ih
-    cdef const floating *w_hh_ = <const floating *> q.w_hh
     cdef const floating *dh_n_ = <const floating *> call.dh_n
     cdef const floating *dc_n_ = <const floating *> call.dc_n
     cdef floating *dh0_ = <floating *> call.dh0
@@ -1612,8 +1607,6 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
     cdef floating *dw_hr_ = <floating *> wg.dw_hr
     cdef floating *dgx_ = <floating *> call.dgx
     cdef floating *gbuf_ = <floating *> call.gbuf
-    cdef floating *pk = <floating *> q.pk
-    cdef floating *ipk = <floating *> q.ipk
     cdef floating *dh = <floating *> q.work
     cdef floating *dc = <floating *> q.work + B * H
     if S == 0 or B == 0:  # otherwise the products below write every gradient
@@ -1624,9 +1617,6 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
         if proj:
             memset(dw_hr_, 0, P * H * sizeof(floating))
     if B > 0:
-        if not (packed or q.pack_units):
-            pack(GH, P, False, w_hh_, P, pk)
-            pack(GH, I, False, w_ih_, I, ipk)
         for j in range(B):
             memcpy(dh + j * P, dh_n_ + order_[j] * P, P * sizeof(floating))
             if cell == LSTM:
@@ -1644,7 +1634,6 @@ cdef void backward_call(BackwardCall *call, floating dummy) noexcept nogil:
 
 
 def backward(int cell,
-             bint packed,                       # wpack and ipack hold the packs forward made
              cnp.ndarray xc,                    # IN   (S, B, I) compact input of forward
              cnp.ndarray w_ih,                  # IN   (G*H, I)
              cnp.ndarray w_hh,                  # IN   (G*H, P)
@@ -1672,9 +1661,10 @@ def backward(int cell,
              cnp.ndarray dgh,                   # WORK (S*B, H) GRU: d hh_n; else (0, H)
              cnp.ndarray dhs,                   # WORK (S*B, P) LSTM projection: dL/dh per step
              cnp.ndarray work,                  # WORK (3B, H) dh, dc, dh_prev / drh
-             cnp.ndarray wpack,                 # WORK backward_pack_size(...): W_hh packed
-             cnp.ndarray ipack,                 # WORK backward_input_pack_size(...): W_ih
-                                                #      packed for dX
+             cnp.ndarray wpack,                 # IN   backward_pack_size(...): W_hh packed
+                                                #      by forward() (its bwpack)
+             cnp.ndarray ipack,                 # IN   backward_input_pack_size(...): W_ih
+                                                #      packed for dX by forward() (bipack)
              cnp.ndarray gbuf,                  # WORK (threads, gemm_buffer_size()) scratch
                                                 #      of the weight-gradient products, one
                                                 #      row a thread (its rows: their threads)
@@ -1722,11 +1712,9 @@ def backward(int cell,
     cdef floating *dgh_ = <floating *> data(dgh, 2, ft, True)
     cdef floating *dhs_ = <floating *> data(dhs, 2, ft, True)
     cdef floating *work_ = <floating *> data(work, 2, ft, True)
-    cdef floating *wpack_ = <floating *> data(wpack, 1, ft, True)
-    cdef floating *ipack_ = <floating *> data(ipack, 1, ft, True)
+    cdef const floating *pk = <const floating *> data(wpack, 1, ft, False)
+    cdef const floating *ipk = <const floating *> data(ipack, 1, ft, False)
     cdef floating *gbuf_ = <floating *> data(gbuf, 2, ft, True)
-    cdef floating *pk = wpack_
-    cdef floating *ipk = ipack_
     if (dgx.size < SB * GH or dyc.size < SB * P or hs.size < (S + 1) * B * P or
             work.size < 3 * B * H or db_ih.shape[0] != GH or lengths.shape[0] != B or
             order.shape[0] != B or bounds.shape[0] < 2 or gbuf.shape[0] < 1
@@ -1751,10 +1739,9 @@ def backward(int cell,
     wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
     wg.dw_hr = dw_hr_
     q.bpk = q.bipk = NULL
-    # the unit-split threads pack the columns they read themselves, in parallel
-    q.pack_units = not packed and units_apply(&q, unit_threads)
+    q.pack_units = False  # forward packed wpack and ipack
     call.q, call.wg = q, wg
-    call.packed, call.dh_n, call.dc_n, call.dh0, call.dc0 = packed, dh_n_, dc_n_, dh0_, dc0_
+    call.dh_n, call.dc_n, call.dh0, call.dc0 = dh_n_, dc_n_, dh0_, dc0_
     call.dgx, call.gbuf = dgx_, gbuf_
     call.gbuf_threads, call.gbuf_size = <int> gbuf.shape[0], gbuf.shape[1]
     call.bounds, call.nt, call.unit_threads = bounds_, nt, unit_threads

@@ -564,7 +564,7 @@ def backward(
     gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
 
     _kernel("backward", dtype)(
-        CELL_CODES[tape.cell], True, tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
+        CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
         tape.order, _threads.one_range(B) if alone else tape.bounds,
         1 if alone else tape.unit_threads,
         tape.hs, tape.cs, tape.acts, tape.hraw, dyc, dh_n, dc_n_arr, dxc, dh0, dc0,
