@@ -361,18 +361,18 @@ def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
 
 
 @functools.lru_cache(maxsize=256)
-def _full_length_split(S: int, B: int, I: int, GH: int, P: int, threads: int):
+def _full_length_split(S: int, B: int, I: int, GH: int, P: int, itemsize: int, threads: int):
     """row_bounds, unit_threads and projection_helper of a batch without `lengths`
     (threads: the current setting, part of the key)."""
     lens, order = _full_lengths(S, B)
-    return _split(lens, order, S, B, I, GH, P)
+    return _split(lens, order, S, B, I, GH, P, itemsize)
 
 
-def _split(lens, order, S: int, B: int, I: int, GH: int, P: int):
+def _split(lens, order, S: int, B: int, I: int, GH: int, P: int, itemsize: int):
     """How a call's time loop is shared among threads (_threads)."""
     bounds = _threads.row_bounds(lens, order, S, GH * (P + I))
     full = B <= 1 or int(lens[order[-1]]) >= S
-    unit_threads = _threads.unit_threads(B, S, B * GH * P, full)
+    unit_threads = _threads.unit_threads(B, S, B * GH * P, full, GH * P * itemsize)
     return bounds, unit_threads, _threads.projection_helper(bounds, unit_threads, S * B * GH * I)
 
 
@@ -462,10 +462,10 @@ def forward(
         bounds, unit_threads, helper = _threads.one_range(B), 1, False
     elif lengths is None:
         bounds, unit_threads, helper = _full_length_split(
-            S, B, I, G * H, P, _threads.get_num_threads()
+            S, B, I, G * H, P, dtype.itemsize, _threads.get_num_threads()
         )
     else:
-        bounds, unit_threads, helper = _split(lens, order, S, B, I, G * H, P)
+        bounds, unit_threads, helper = _split(lens, order, S, B, I, G * H, P, dtype.itemsize)
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,

@@ -2,9 +2,10 @@
 
 The rows of a batch never interact, so each thread runs the whole time loop of a contiguous
 range of rows, with no barrier between steps; ranges are balanced by their real tokens. A
-batch of one row instead shares each step by hidden units, with a barrier once a step
-(`unit_threads`); a time loop left on one thread gets a second one projecting its input
-ahead (`projection_helper`). Results are bit-identical for any thread count. Every
+batch of a row or two a thread, or one whose W_hh overflows a core's L2, instead shares
+each step by hidden units, with a barrier once a step (`unit_threads`); a time loop left on
+one thread gets a second one projecting its input ahead (`projection_helper`). Results are
+bit-identical for any thread count. Every
 product runs on these threads; BLAS (only an LSTM's W_hr, through scipy) keeps its own
 thread setting: control it with threadpoolctl.
 """
@@ -61,12 +62,44 @@ _one_range: dict[int, np.ndarray] = {}
 # training, GRU H = 128-256 0.75-0.88 / 0.82, RNN H = 512 0.78; batch 3 inference a tie
 # (0.95-1.03), training 0.83-0.86; batch 4 LSTM 1.07 inference, 0.95-0.97 training, batch
 # 5-8 1.06-1.07 inference: row ranges from two rows a thread.
-def unit_threads(batch: int, steps: int, macs_per_step: int, full: bool = True) -> int:
+#
+# Any batch splits by units when W_hh does not fit a core's L2: row ranges then stream all
+# of it from L3 on every thread, every step, where units stream half each. Measured on a
+# 2-core Xeon (2 MiB L2; one process, 2 threads, units / row ranges, inference): LSTM
+# H = 512 (4 MiB) batch 64 0.93, batch 16 0.83, training 0.99; GRU H = 512 (3 MiB) batch 64
+# 0.95; with W_hh in L2 units lost (LSTM H = 256, 1 MiB: batch 8-64 1.06-1.08; H = 128,
+# batch 16, 1.19).
+def _l2_bytes() -> int:
+    """A core's L2 cache in bytes (Linux sysfs), or 1 MiB where it cannot be read."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(root)):
+            with open(os.path.join(root, entry, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(root, entry, "type")) as f:
+                kind = f.read().strip()
+            if level != "2" or kind not in ("Unified", "Data"):
+                continue
+            with open(os.path.join(root, entry, "size")) as f:
+                size = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 1 << 20
+
+
+_L2_BYTES = _l2_bytes()
+
+
+def unit_threads(
+    batch: int, steps: int, macs_per_step: int, full: bool = True, weight_bytes: int = 0
+) -> int:
     """Threads that share each step of a call by hidden units (1: no split); full: every row
-    runs every step (more than one row shares its steps only then)."""
+    runs every step (more than one row shares its steps only then); weight_bytes: W_hh's."""
     if (
         batch < 1
-        or batch >= 2 * _num_threads
+        or (batch >= 2 * _num_threads and weight_bytes <= _L2_BYTES)
         or (batch > 1 and not full)
         or _num_threads <= 1
         or macs_per_step < _MIN_UNIT_STEP_WORK

@@ -306,18 +306,27 @@ UNIT_SPLIT_CASES = [  # (batch, hidden, lengths or None); steps = 11
     pytest.param(3, 72, [11, 11, 11], id="B3-H72-full-lengths"),
     pytest.param(5, 33, None, id="B5-H33"),  # units on 3 threads, row ranges on 2
     pytest.param(3, 40, [11, 4, 11], id="B3-H40-short-row"),  # row ranges
+    # any batch whose W_hh overflows L2 (here an L2 of 1 KiB): 200 rows cross the product's
+    # 192-row block; a short row keeps row ranges
+    pytest.param(200, 40, "l2", id="B200-H40-weights-past-L2"),
+    pytest.param(9, 72, "l2-short-row", id="B9-H72-weights-past-L2-short-row"),
 ]
 
 
 @pytest.mark.parametrize(("batch", "hidden", "lengths"), UNIT_SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_split_by_units_does_not_change_results(cell, dtype, batch, hidden, lengths, unit_threads):
-    """At batch 1, and for a few rows that all run every step, threads share each step by
-    hidden units: outputs, states and every gradient are bit-identical for 1, 2 and 3
-    threads, and match the reference."""
+def test_split_by_units_does_not_change_results(
+    cell, dtype, batch, hidden, lengths, unit_threads, monkeypatch
+):
+    """At batch 1, for a few rows that all run every step, and for any batch whose weights
+    overflow L2, threads share each step by hidden units: outputs, states and every gradient
+    are bit-identical for 1, 2 and 3 threads, and match the reference."""
     steps, inputs = 11, 7
     rng = np.random.default_rng(41)
+    if isinstance(lengths, str):  # the L2 rule: a tiny L2, every row full or one short
+        monkeypatch.setattr(fastrnn._threads, "_L2_BYTES", 1024)
+        lengths = [steps] * batch if lengths == "l2" else [steps] * (batch - 1) + [6]
     model = make_model(cell, inputs, hidden, num_layers=2, dtype=dtype, seed=41)
     x = normal(rng, (steps, batch, inputs), dtype)
     h0 = normal(rng, (2, batch, hidden), dtype, 0.5)
@@ -333,6 +342,14 @@ def test_split_by_units_does_not_change_results(cell, dtype, batch, hidden, leng
     assert_close(serial["h_n"], h_ref, dtype)
     for n in (2, 3):
         unit_threads(n)
+        if lens is not None and batch > 2 * n:  # the L2 cases: the split is the rule's
+            G = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4}.get(cell, 3)
+            order = np.argsort(-lens, kind="stable")
+            itemsize = np.dtype(dtype).itemsize
+            _, split, _ = fastrnn._layer._split(
+                lens, order, steps, batch, inputs, G * hidden, hidden, itemsize
+            )
+            assert split == (n if lens.min() == steps else 1)
         parallel = run_model_and_grads(*args)
         for name, value in serial.items():
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
@@ -385,6 +402,34 @@ def test_fused_step_equals_product_then_gates(cell, proj, dtype, hidden):
                 assert_close(y1, want, dtype)
     finally:
         fastrnn.set_num_threads(saved)
+
+
+def test_unit_split_rule(monkeypatch):
+    """Which calls share their steps by units on 2 threads: batch 1 and a few full rows; a
+    larger batch only when W_hh (its bytes) overflows a core's L2, and only if every row runs
+    every step; never a step too small to share."""
+    monkeypatch.setattr(fastrnn._threads, "_L2_BYTES", 2 << 20)
+    saved = fastrnn.get_num_threads()
+    rule = fastrnn._threads.unit_threads
+    try:
+        fastrnn.set_num_threads(2)
+        macs = 4 * 512 * 512  # LSTM H = 512: a step's multiply-adds a row; W_hh 4 MiB
+        assert rule(1, 50, macs) == 2
+        assert rule(3, 50, 3 * macs) == 2
+        assert rule(4, 50, 4 * macs) == 1
+        assert rule(64, 50, 64 * macs, True, 4 * macs) == 2
+        assert rule(64, 50, 64 * macs, True, 2 << 20) == 1  # fits: row ranges
+        assert rule(64, 50, 64 * macs, False, 4 * macs) == 1  # a short row: row ranges
+        assert rule(64, 50, 64 * 100, True, 4 * macs) == 1  # a step too small to share
+        fastrnn.set_num_threads(1)
+        assert rule(64, 50, 64 * macs, True, 4 * macs) == 1
+    finally:
+        fastrnn.set_num_threads(saved)
+
+
+def test_l2_size_is_read():
+    """The L2 size behind the rule is a plausible cache size (sysfs, or the 1 MiB default)."""
+    assert 64 << 10 <= fastrnn._threads._l2_bytes() <= 1 << 30
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
