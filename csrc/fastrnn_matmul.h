@@ -61,15 +61,18 @@
                                ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,  \
                                ptrdiff_t col0, ptrdiff_t col1, T *buf);
 
-/* Elements of fastrnn_gemm_tn's buf for M rows of C: a chunk of 64 rows of A^T, padded to
-   a multiple of 4, and one of a panel of B. */
+/* Rows of A (the sum's K) per pass of fastrnn_gemm_tn; each pass adds its partial sums to C,
+   so this fixes the order of the additions (and the numbers). */
+#define FASTRNN_GEMM_TN_KC 128
+/* Elements of fastrnn_gemm_tn's buf for M rows of C: a chunk of FASTRNN_GEMM_TN_KC rows of
+   A^T, padded to a multiple of 6, and one of a panel of B. */
 static inline ptrdiff_t fastrnn_gemm_tn_buffer_f32(ptrdiff_t M)
 {
-    return ((M + 3) / 4 * 4 + 64) * 64;
+    return ((M + 5) / 6 * 6 + 64) * FASTRNN_GEMM_TN_KC;
 }
 static inline ptrdiff_t fastrnn_gemm_tn_buffer_f64(ptrdiff_t M)
 {
-    return ((M + 3) / 4 * 4 + 32) * 64;
+    return ((M + 5) / 6 * 6 + 32) * FASTRNN_GEMM_TN_KC;
 }
 
 FASTRNN_DECLARE_MATMUL(float, f32)

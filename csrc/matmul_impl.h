@@ -353,13 +353,16 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
 
 #undef MB
 #undef KS
-#define KS 4 /* A^T rows packed 4 at a time, interleaved: [m / 4][k][m % 4] */
+#define KS 6 /* A^T rows packed 6 at a time, interleaved: [m / 6][k][m % 6], one tile each */
 
 /* K rows per pass of the transposed product: the packed chunk of A^T (M x KC) and of one
-   panel of B (KC x PW) stay in cache while every row of C passes over them. Reading A^T
-   straight from A instead (a 4 KiB stride down its columns) ran at half the speed: the
-   lines alias in L1. */
-#define KC 64
+   panel of B (KC x PW, 32 KiB) stay in cache while every row of C passes over them. Reading
+   A^T straight from A instead (a 4 KiB stride down its columns) ran at half the speed: the
+   lines alias in L1. Measured alone (2-core Xeon, one thread, G multiply-adds/s; dW of
+   LSTM H = 256 at batch 1 and 64): 4-row tiles and KC = 64 ran (1024, 256, 100) at 69,
+   (1024, 256, 6400) at 67; 6-row tiles 75 / 70; and KC = 128 79 / 73 (C is read and
+   written once a pass). */
+#define KC FASTRNN_GEMM_TN_KC
 
 FASTRNN_CLONES
 void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
@@ -369,16 +372,20 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
     col1 = col1 < N ? col1 : N;
     for (ptrdiff_t m = 0; K == 0 && m < M; ++m)
         memset(c + m * ldc + col0, 0, (size_t)(col1 - col0) * sizeof(T));
-    const ptrdiff_t M4 = (M + 3) / 4 * 4;
+    const ptrdiff_t MK = (M + KS - 1) / KS * KS;
     const T *bias = NULL;      /* the tiles store sums alone or plus C */
-    T *apack = buf;            /* (M4 / 4) x KC x 4 */
-    T *bpack = buf + M4 * KC;  /* KC x PW */
+    T *apack = buf;            /* (MK / KS) x KC x KS */
+    T *bpack = buf + MK * KC;  /* KC x PW */
     for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
         ptrdiff_t kn = K - k0 < KC ? K - k0 : KC;
         for (ptrdiff_t k = 0; k < kn; ++k) { /* pack A[k0 : k0 + kn, :]^T, reading A's rows */
             const T *src = a + (k0 + k) * lda;
-            for (ptrdiff_t m = 0; m < M4; ++m)
-                apack[(m / 4) * KC * 4 + k * 4 + m % 4] = m < M ? src[m] : (T)0;
+            T *dst = apack + k * KS;
+            ptrdiff_t m = 0;
+            for (; m + KS <= M; m += KS) /* a tile's rows at a time, not element by element */
+                memcpy(dst + (m / KS) * KC * KS, src + m, KS * sizeof(T));
+            for (; m < MK; ++m)
+                dst[(m / KS) * KC * KS + m % KS] = m < M ? src[m] : (T)0;
         }
         int beta = k0 > 0; /* K chunks add up in a fixed order: deterministic */
         for (ptrdiff_t p0 = col0; p0 < col1; p0 += PW) {
@@ -388,26 +395,32 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
             const T *panel = bpack;
             for (ptrdiff_t k = 0; k < kn; ++k) { /* pack B[k0 + k, p0 : p0 + width] */
                 const T *src = b + (k0 + k) * ldb + p0;
+                if (width == PW) {
+                    memcpy(bpack + k * PW, src, PW * sizeof(T));
+                    continue;
+                }
                 for (ptrdiff_t u = 0; u < PW; ++u)
                     bpack[k * PW + u] = u < width ? src[u] : (T)0;
             }
-            for (ptrdiff_t m0 = 0; m0 < M; m0 += 4) {
-                const T *arow[4];
-                T *crow[4];
-                int R = M - m0 >= 4 ? 4 : (int)(M - m0);
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += KS) {
+                const T *arow[KS];
+                T *crow[KS];
+                int R = M - m0 >= KS ? KS : (int)(M - m0);
                 for (int r = 0; r < R; ++r) {
-                    arow[r] = apack + (m0 / 4) * KC * 4 + r;
+                    arow[r] = apack + (m0 / KS) * KC * KS + r;
                     crow[r] = c + (m0 + r) * ldc;
                 }
                 /* the next tile's rows of C, a tile ahead: C (M x N) is read and written once
                    per K chunk and is larger than L2 for the weight gradients (dW_ih of an
                    LSTM with I = H = 512 is 4 MiB), and a tile asks for its C only after its
                    K loop, too late for the core to reorder the misses under the FMAs */
-                for (ptrdiff_t m = m0 + 4; m < m0 + 8 && m < M; ++m)
+                for (ptrdiff_t m = m0 + KS; m < m0 + 2 * KS && m < M; ++m)
                     for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
                         __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
                 ptrdiff_t K = kn;
                 switch (R) {
+                case 6: TILE_CASE(6) break;
+                case 5: TILE_CASE(5) break;
                 case 4: TILE_CASE(4) break;
                 case 3: TILE_CASE(3) break;
                 case 2: TILE_CASE(2) break;
