@@ -59,7 +59,14 @@
        columns among threads gives the same numbers as one call over all of them. */         \
     void fastrnn_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a,              \
                                ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,  \
-                               ptrdiff_t col0, ptrdiff_t col1, T *buf);
+                               ptrdiff_t col0, ptrdiff_t col1, T *buf);                  \
+    /* C1 (M, N1) := A^T B1 and C2 (M, N2) := A^T B2 of one A, its packing shared: panels   \
+       p0..p1-1 of the two products' panels in a row (C1's ceil(N1 / PW), then C2's); each   \
+       column's numbers are those of fastrnn_gemm_tn. buf as there. */                      \
+    void fastrnn_gemm_tn2_##SFX(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,          \
+                                ptrdiff_t N1, const T *b1, ptrdiff_t ldb1, T *c1,             \
+                                ptrdiff_t ldc1, ptrdiff_t N2, const T *b2, ptrdiff_t ldb2,    \
+                                T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *buf);
 
 /* Rows of A (the sum's K) per pass of fastrnn_gemm_tn; each pass adds its partial sums to C,
    so this fixes the order of the additions (and the numbers). */

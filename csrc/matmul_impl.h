@@ -364,14 +364,16 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
    written once a pass). */
 #define KC FASTRNN_GEMM_TN_KC
 
-FASTRNN_CLONES
-void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
-                           const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, ptrdiff_t col0,
-                           ptrdiff_t col1, T *buf)
+/* The transposed products C_q (M, N_q) := A^T B_q, q < n, of one A: columns c0[q]..c1[q]-1
+   of each (c0[q] a multiple of the panel width), A^T packed once a K pass for all of them. */
+static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
+    int n, ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda, const T *const *bs,
+    const ptrdiff_t *ldbs, T *const *cs, const ptrdiff_t *ldcs, const ptrdiff_t *c0s,
+    const ptrdiff_t *c1s, T *buf)
 {
-    col1 = col1 < N ? col1 : N;
-    for (ptrdiff_t m = 0; K == 0 && m < M; ++m)
-        memset(c + m * ldc + col0, 0, (size_t)(col1 - col0) * sizeof(T));
+    for (int q = 0; K == 0 && q < n; ++q)
+        for (ptrdiff_t m = 0; c1s[q] > c0s[q] && m < M; ++m)
+            memset(cs[q] + m * ldcs[q] + c0s[q], 0, (size_t)(c1s[q] - c0s[q]) * sizeof(T));
     const ptrdiff_t MK = (M + KS - 1) / KS * KS;
     const T *bias = NULL;      /* the tiles store sums alone or plus C */
     T *apack = buf;            /* (MK / KS) x KC x KS */
@@ -388,47 +390,81 @@ void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, pt
                 dst[(m / KS) * KC * KS + m % KS] = m < M ? src[m] : (T)0;
         }
         int beta = k0 > 0; /* K chunks add up in a fixed order: deterministic */
-        for (ptrdiff_t p0 = col0; p0 < col1; p0 += PW) {
-            ptrdiff_t width = col1 - p0 < PW ? col1 - p0 : PW;
-            int cv = (int)((width + VW - 1) / VW);
-            ptrdiff_t col0 = p0; /* the tile's column offset in C */
-            const T *panel = bpack;
-            for (ptrdiff_t k = 0; k < kn; ++k) { /* pack B[k0 + k, p0 : p0 + width] */
-                const T *src = b + (k0 + k) * ldb + p0;
-                if (width == PW) {
-                    memcpy(bpack + k * PW, src, PW * sizeof(T));
-                    continue;
+        for (int q = 0; q < n; ++q) {
+            const T *b = bs[q];
+            T *c = cs[q];
+            const ptrdiff_t ldb = ldbs[q], ldc = ldcs[q];
+            for (ptrdiff_t p0 = c0s[q]; p0 < c1s[q]; p0 += PW) {
+                ptrdiff_t width = c1s[q] - p0 < PW ? c1s[q] - p0 : PW;
+                int cv = (int)((width + VW - 1) / VW);
+                ptrdiff_t col0 = p0; /* the tile's column offset in C */
+                const T *panel = bpack;
+                for (ptrdiff_t k = 0; k < kn; ++k) { /* pack B[k0 + k, p0 : p0 + width] */
+                    const T *src = b + (k0 + k) * ldb + p0;
+                    if (width == PW) {
+                        memcpy(bpack + k * PW, src, PW * sizeof(T));
+                        continue;
+                    }
+                    for (ptrdiff_t u = 0; u < PW; ++u)
+                        bpack[k * PW + u] = u < width ? src[u] : (T)0;
                 }
-                for (ptrdiff_t u = 0; u < PW; ++u)
-                    bpack[k * PW + u] = u < width ? src[u] : (T)0;
-            }
-            for (ptrdiff_t m0 = 0; m0 < M; m0 += KS) {
-                const T *arow[KS];
-                T *crow[KS];
-                int R = M - m0 >= KS ? KS : (int)(M - m0);
-                for (int r = 0; r < R; ++r) {
-                    arow[r] = apack + (m0 / KS) * KC * KS + r;
-                    crow[r] = c + (m0 + r) * ldc;
-                }
-                /* the next tile's rows of C, a tile ahead: C (M x N) is read and written once
-                   per K chunk and is larger than L2 for the weight gradients (dW_ih of an
-                   LSTM with I = H = 512 is 4 MiB), and a tile asks for its C only after its
-                   K loop, too late for the core to reorder the misses under the FMAs */
-                for (ptrdiff_t m = m0 + KS; m < m0 + 2 * KS && m < M; ++m)
-                    for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
-                        __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
-                ptrdiff_t K = kn;
-                switch (R) {
-                case 6: TILE_CASE(6) break;
-                case 5: TILE_CASE(5) break;
-                case 4: TILE_CASE(4) break;
-                case 3: TILE_CASE(3) break;
-                case 2: TILE_CASE(2) break;
-                default: TILE_CASE(1) break;
+                for (ptrdiff_t m0 = 0; m0 < M; m0 += KS) {
+                    const T *arow[KS] = {0}; /* (rows past R unused: GCC cannot tell) */
+                    T *crow[KS] = {0};
+                    int R = M - m0 >= KS ? KS : (int)(M - m0);
+                    for (int r = 0; r < R; ++r) {
+                        arow[r] = apack + (m0 / KS) * KC * KS + r;
+                        crow[r] = c + (m0 + r) * ldc;
+                    }
+                    /* the next tile's rows of C, a tile ahead: C (M x N) is read and written
+                       once per K chunk and is larger than L2 for the weight gradients (dW_ih
+                       of an LSTM with I = H = 512 is 4 MiB), and a tile asks for its C only
+                       after its K loop, too late for the core to reorder the misses under
+                       the FMAs */
+                    for (ptrdiff_t m = m0 + KS; m < m0 + 2 * KS && m < M; ++m)
+                        for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
+                            __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
+                    ptrdiff_t K = kn;
+                    switch (R) {
+                    case 6: TILE_CASE(6) break;
+                    case 5: TILE_CASE(5) break;
+                    case 4: TILE_CASE(4) break;
+                    case 3: TILE_CASE(3) break;
+                    case 2: TILE_CASE(2) break;
+                    default: TILE_CASE(1) break;
+                    }
                 }
             }
         }
     }
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
+                           const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, ptrdiff_t col0,
+                           ptrdiff_t col1, T *buf)
+{
+    const ptrdiff_t end = col1 < N ? col1 : N;
+    NAME(gemm_tn_products)(1, M, K, a, lda, &b, &ldb, &c, &ldc, &col0, &end, buf);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda, ptrdiff_t N1,
+                            const T *b1, ptrdiff_t ldb1, T *c1, ptrdiff_t ldc1, ptrdiff_t N2,
+                            const T *b2, ptrdiff_t ldb2, T *c2, ptrdiff_t ldc2, ptrdiff_t p0,
+                            ptrdiff_t p1, T *buf)
+{
+    const ptrdiff_t P1 = (N1 + PW - 1) / PW; /* C1's panels come first */
+    const T *bs[2] = {b1, b2};
+    T *cs[2] = {c1, c2};
+    const ptrdiff_t ldbs[2] = {ldb1, ldb2}, ldcs[2] = {ldc1, ldc2};
+    ptrdiff_t c0s[2], c1s[2];
+    c0s[0] = p0 < P1 ? p0 * PW : N1;
+    c1s[0] = p1 < P1 ? p1 * PW : N1;
+    c0s[1] = p0 > P1 ? (p0 - P1) * PW : 0;
+    c1s[1] = p1 > P1 ? (p1 - P1) * PW : 0;
+    c1s[1] = c1s[1] < N2 ? c1s[1] : N2;
+    NAME(gemm_tn_products)(2, M, K, a, lda, bs, ldbs, cs, ldcs, c0s, c1s, buf);
 }
 
 #undef KC

@@ -178,6 +178,16 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_gemm_tn_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a,
                              Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
                              Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, double *buf)
+    void fastrnn_gemm_tn2_f32(Py_ssize_t M, Py_ssize_t K, const float *a, Py_ssize_t lda,
+                              Py_ssize_t N1, const float *b1, Py_ssize_t ldb1, float *c1,
+                              Py_ssize_t ldc1, Py_ssize_t N2, const float *b2,
+                              Py_ssize_t ldb2, float *c2, Py_ssize_t ldc2, Py_ssize_t p0,
+                              Py_ssize_t p1, float *buf)
+    void fastrnn_gemm_tn2_f64(Py_ssize_t M, Py_ssize_t K, const double *a, Py_ssize_t lda,
+                              Py_ssize_t N1, const double *b1, Py_ssize_t ldb1, double *c1,
+                              Py_ssize_t ldc1, Py_ssize_t N2, const double *b2,
+                              Py_ssize_t ldb2, double *c2, Py_ssize_t ldc2, Py_ssize_t p0,
+                              Py_ssize_t p1, double *buf)
     Py_ssize_t fastrnn_gemm_tn_buffer_f32(Py_ssize_t M)
     Py_ssize_t fastrnn_gemm_tn_buffer_f64(Py_ssize_t M)
     Py_ssize_t fastrnn_packed_size_f32(Py_ssize_t K, Py_ssize_t N)
@@ -1173,6 +1183,31 @@ cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floati
         fastrnn_gemm_tn_f64(M, N, K, a, lda, b, ldb, c, ldc, p0 * pw, p1 * pw, buf)
 
 
+cdef inline void tn2_share(Py_ssize_t M, Py_ssize_t K, const floating *a, Py_ssize_t lda,
+                           Py_ssize_t N1, const floating *b1, Py_ssize_t ldb1, floating *c1,
+                           Py_ssize_t ldc1, Py_ssize_t N2, const floating *b2,
+                           Py_ssize_t ldb2, floating *c2, Py_ssize_t ldc2, int t, int nt,
+                           floating *buf) noexcept nogil:
+    """Thread t's share of C1 = A^T B1 and C2 = A^T B2 together (A^T packed once for both,
+    not once a product: A, the gate gradients of every step, is read from memory), split as
+    tn_share splits one product of N1 + N2 columns."""
+    cdef Py_ssize_t pw = panel(<floating> 0)
+    cdef Py_ssize_t panels = (N1 + pw - 1) // pw + (N2 + pw - 1) // pw
+    cdef Py_ssize_t p0 = 0, p1 = panels, m0 = 0, m1 = M
+    if M >= N1 + N2:
+        m0, m1 = M * t // nt, M * (t + 1) // nt
+    else:
+        p0, p1 = panels * t // nt, panels * (t + 1) // nt
+    if m1 <= m0 or p1 <= p0:
+        return
+    if floating is float:
+        fastrnn_gemm_tn2_f32(m1 - m0, K, a + m0, lda, N1, b1, ldb1, c1 + m0 * ldc1, ldc1, N2,
+                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1, buf)
+    else:
+        fastrnn_gemm_tn2_f64(m1 - m0, K, a + m0, lda, N1, b1, ldb1, c1 + m0 * ldc1, ldc1, N2,
+                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1, buf)
+
+
 cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept nogil:
     """Thread t's share of every weight and bias gradient: dW = dG^T (what the gate saw)."""
     cdef Py_ssize_t SB = w.SB, H = w.H, P = w.P, GH = w.GH, I = w.n_in
@@ -1182,9 +1217,12 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
     cdef floating *db_ih = <floating *> w.db_ih
     cdef floating *db_hh = <floating *> w.db_hh
     cdef Py_ssize_t g0 = GH * t // nt, g1 = GH * (t + 1) // nt, c1
-    # dW_ih = dG^T X
-    tn_share(GH, I, SB, dgx, GH, <const floating *> w.xc, I, <floating *> w.dw_ih, I, t, nt,
-             buf)
+    if w.cell != GRU and w.cell != GRU_B:  # dW_ih = dG^T X, dW_hh = dG^T H_prev together
+        tn2_share(GH, SB, dgx, GH, I, <const floating *> w.xc, I, <floating *> w.dw_ih, I, P,
+                  hs, P, <floating *> w.dw_hh, P, t, nt, buf)
+    else:  # dW_ih = dG^T X
+        tn_share(GH, I, SB, dgx, GH, <const floating *> w.xc, I, <floating *> w.dw_ih, I, t,
+                 nt, buf)
     # dW_hh = dG_h^T H_prev, hs[0:S] being the state before each step
     if w.cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
         tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
@@ -1193,8 +1231,6 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
         tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
         tn_share(H, H, SB, dgx + 2 * H, GH, <const floating *> w.acts + 3 * H, 4 * H,
                  <floating *> w.dw_hh + 2 * H * H, H, t, nt, buf)
-    else:
-        tn_share(GH, P, SB, dgx, GH, hs, P, <floating *> w.dw_hh, P, t, nt, buf)
     if w.proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
         tn_share(P, H, SB, <const floating *> w.dhs, P, <const floating *> w.hraw, H,
                  <floating *> w.dw_hr, H, t, nt, buf)
