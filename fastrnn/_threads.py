@@ -74,6 +74,8 @@ def _l2_bytes() -> int:
     root = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for entry in sorted(os.listdir(root)):
+            if not entry.startswith("index"):  # e.g. uevent
+                continue
             with open(os.path.join(root, entry, "level")) as f:
                 level = f.read().strip()
             with open(os.path.join(root, entry, "type")) as f:
