@@ -189,6 +189,17 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
     default: NAME(tile)(R, 1, K, arow, KS, panel, beta, bias, crow, col0, width); break;      \
     }
 
+/* A tile of R (1..6, run time) rows: R made a constant for the tile's registers */
+#define TILE_ROWS                                                                             \
+    switch (R) {                                                                              \
+    case 6: TILE_CASE(6) break;                                                               \
+    case 5: TILE_CASE(5) break;                                                               \
+    case 4: TILE_CASE(4) break;                                                               \
+    case 3: TILE_CASE(3) break;                                                               \
+    case 2: TILE_CASE(2) break;                                                               \
+    default: TILE_CASE(1) break;                                                              \
+    }
+
 #define KS 1 /* A read along its rows */
 #define MB 192 /* rows of A per block: 192 x K x 4 bytes stays in L2 for K <= 1024 */
 
@@ -225,14 +236,7 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
                 arow[r] = a + s * a_block + i * lda;
                 crow[r] = c + s * c_block + i * ldc;
             }
-            switch (R) {
-            case 6: TILE_CASE(6) break;
-            case 5: TILE_CASE(5) break;
-            case 4: TILE_CASE(4) break;
-            case 3: TILE_CASE(3) break;
-            case 2: TILE_CASE(2) break;
-            default: TILE_CASE(1) break;
-            }
+            TILE_ROWS
         }
     }
 }
@@ -425,14 +429,7 @@ static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
                         for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
                             __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
                     ptrdiff_t K = kn;
-                    switch (R) {
-                    case 6: TILE_CASE(6) break;
-                    case 5: TILE_CASE(5) break;
-                    case 4: TILE_CASE(4) break;
-                    case 3: TILE_CASE(3) break;
-                    case 2: TILE_CASE(2) break;
-                    default: TILE_CASE(1) break;
-                    }
+                    TILE_ROWS
                 }
             }
         }
@@ -469,6 +466,7 @@ void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,
 
 #undef KC
 #undef KS
+#undef TILE_ROWS
 #undef TILE_CASE
 #undef PW
 #undef VEC
