@@ -53,25 +53,21 @@
                                          ptrdiff_t lda, const T *packed,                      \
                                          ptrdiff_t panel_stride, int beta, T *c,               \
                                          ptrdiff_t c_block, ptrdiff_t ldc);                   \
-    /* C[:, col0:col1] := A^T B[:, col0:col1]: A (K, M) and B (K, N) row-major with strides   \
-       lda, ldb, C (M, N); col0 a multiple of the panel width; buf holds                      \
-       fastrnn_gemm_tn_buffer(M) elements (this call's own). The sum over K runs in a fixed order, so a split of the    \
-       columns among threads gives the same numbers as one call over all of them. */         \
-    void fastrnn_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a,              \
-                               ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,  \
-                               ptrdiff_t col0, ptrdiff_t col1, T *buf);                  \
-    /* C1 (M, N1) := A^T B1 and C2 (M, N2) := A^T B2 of one A, its packing shared: panels   \
-       p0..p1-1 of the two products' panels in a row (C1's ceil(N1 / PW), then C2's); each   \
-       column's numbers are those of fastrnn_gemm_tn. buf as there. */                      \
+    /* C1 (M, N1) := A^T B1 and C2 (M, N2) := A^T B2 of one A (N2 = 0: one product), A^T    \
+       packed once for both: A (K, M), B_q (K, N_q) row-major with strides lda, ldb_q, C_q   \
+       (M, N_q) with stride ldc_q. Only panels p0..p1-1 of the two products' panels in a row  \
+       (C1's ceil(N1 / PW), then C2's); buf holds fastrnn_gemm_tn_buffer(M) elements (this   \
+       call's own). The sum over K runs in a fixed order, so a split of the panels (or of   \
+       the rows of A^T) among threads gives the same numbers as one call over all of them. */ \
     void fastrnn_gemm_tn2_##SFX(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,          \
                                 ptrdiff_t N1, const T *b1, ptrdiff_t ldb1, T *c1,             \
                                 ptrdiff_t ldc1, ptrdiff_t N2, const T *b2, ptrdiff_t ldb2,    \
                                 T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *buf);
 
-/* Rows of A (the sum's K) per pass of fastrnn_gemm_tn; each pass adds its partial sums to C,
+/* Rows of A (the sum's K) per pass of fastrnn_gemm_tn2; each pass adds its partial sums to C,
    so this fixes the order of the additions (and the numbers). */
 #define FASTRNN_GEMM_TN_KC 128
-/* Elements of fastrnn_gemm_tn's buf for M rows of C: a chunk of FASTRNN_GEMM_TN_KC rows of
+/* Elements of fastrnn_gemm_tn2's buf for M rows of C: a chunk of FASTRNN_GEMM_TN_KC rows of
    A^T, padded to a multiple of 6, and one of a panel of B. */
 static inline ptrdiff_t fastrnn_gemm_tn_buffer_f32(ptrdiff_t M)
 {

@@ -437,15 +437,6 @@ static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
 }
 
 FASTRNN_CLONES
-void NAME(fastrnn_gemm_tn)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
-                           const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, ptrdiff_t col0,
-                           ptrdiff_t col1, T *buf)
-{
-    const ptrdiff_t end = col1 < N ? col1 : N;
-    NAME(gemm_tn_products)(1, M, K, a, lda, &b, &ldb, &c, &ldc, &col0, &end, buf);
-}
-
-FASTRNN_CLONES
 void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda, ptrdiff_t N1,
                             const T *b1, ptrdiff_t ldb1, T *c1, ptrdiff_t ldc1, ptrdiff_t N2,
                             const T *b2, ptrdiff_t ldb2, T *c2, ptrdiff_t ldc2, ptrdiff_t p0,

@@ -172,12 +172,6 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                        Py_ssize_t lda, const double *packed,
                                        Py_ssize_t panel_stride, int beta, double *c,
                                        Py_ssize_t c_block, Py_ssize_t ldc)
-    void fastrnn_gemm_tn_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
-                             Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
-                             Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, float *buf)
-    void fastrnn_gemm_tn_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a,
-                             Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
-                             Py_ssize_t ldc, Py_ssize_t col0, Py_ssize_t col1, double *buf)
     void fastrnn_gemm_tn2_f32(Py_ssize_t M, Py_ssize_t K, const float *a, Py_ssize_t lda,
                               Py_ssize_t N1, const float *b1, Py_ssize_t ldb1, float *c1,
                               Py_ssize_t ldc1, Py_ssize_t N2, const float *b2,
@@ -1152,45 +1146,18 @@ cdef struct WGrad:
     void *dw_hr
 
 
-cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *a,
-                          Py_ssize_t lda, const floating *b, Py_ssize_t ldb, floating *c,
-                          Py_ssize_t ldc, int t, int nt, floating *buf) noexcept nogil:
-    """Thread t's share of C (M, N) = A^T B: a range of C's rows when it has at least as
-    many rows as columns, else of its column panels. Each thread packs its own part of A^T
-    and all of B's columns it needs, so the split that duplicates less packing wins: by
-    columns, every thread packed all of A^T (LSTM (100, 64, 256, 256) training, dW_ih =
-    dG^T X of (1024 x 6400) x (6400 x 256): backward ran 1.47x faster on 2 threads)."""
-    cdef Py_ssize_t pw = panel(<floating> 0)
-    cdef Py_ssize_t panels = (N + pw - 1) // pw
-    cdef Py_ssize_t p0 = panels * t // nt, p1 = panels * (t + 1) // nt
-    cdef Py_ssize_t m0, m1
-    if M >= N:
-        m0, m1 = M * t // nt, M * (t + 1) // nt
-        if m1 <= m0:
-            return
-        if floating is float:
-            fastrnn_gemm_tn_f32(m1 - m0, N, K, a + m0, lda, b, ldb, c + m0 * ldc, ldc, 0, N,
-                                buf)
-        else:
-            fastrnn_gemm_tn_f64(m1 - m0, N, K, a + m0, lda, b, ldb, c + m0 * ldc, ldc, 0, N,
-                                buf)
-        return
-    if p1 <= p0:
-        return
-    if floating is float:
-        fastrnn_gemm_tn_f32(M, N, K, a, lda, b, ldb, c, ldc, p0 * pw, p1 * pw, buf)
-    else:
-        fastrnn_gemm_tn_f64(M, N, K, a, lda, b, ldb, c, ldc, p0 * pw, p1 * pw, buf)
-
-
 cdef inline void tn2_share(Py_ssize_t M, Py_ssize_t K, const floating *a, Py_ssize_t lda,
                            Py_ssize_t N1, const floating *b1, Py_ssize_t ldb1, floating *c1,
                            Py_ssize_t ldc1, Py_ssize_t N2, const floating *b2,
                            Py_ssize_t ldb2, floating *c2, Py_ssize_t ldc2, int t, int nt,
                            floating *buf) noexcept nogil:
     """Thread t's share of C1 = A^T B1 and C2 = A^T B2 together (A^T packed once for both,
-    not once a product: A, the gate gradients of every step, is read from memory), split as
-    tn_share splits one product of N1 + N2 columns."""
+    not once a product: A, the gate gradients of every step, is read from memory; N2 = 0
+    for one product): a range of rows when there are at least as many rows as columns,
+    else of the N1 + N2 columns' panels. Each thread packs its own part of A^T and all of
+    B's columns it needs, so the split that duplicates less packing wins: by columns, every
+    thread packed all of A^T (LSTM (100, 64, 256, 256) training, dW_ih = dG^T X of
+    (1024 x 6400) x (6400 x 256): backward ran 1.47x faster on 2 threads by rows)."""
     cdef Py_ssize_t pw = panel(<floating> 0)
     cdef Py_ssize_t panels = (N1 + pw - 1) // pw + (N2 + pw - 1) // pw
     cdef Py_ssize_t p0 = 0, p1 = panels, m0 = 0, m1 = M
@@ -1206,6 +1173,13 @@ cdef inline void tn2_share(Py_ssize_t M, Py_ssize_t K, const floating *a, Py_ssi
     else:
         fastrnn_gemm_tn2_f64(m1 - m0, K, a + m0, lda, N1, b1, ldb1, c1 + m0 * ldc1, ldc1, N2,
                              b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1, buf)
+
+
+cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *a,
+                          Py_ssize_t lda, const floating *b, Py_ssize_t ldb, floating *c,
+                          Py_ssize_t ldc, int t, int nt, floating *buf) noexcept nogil:
+    """Thread t's share of one product C (M, N) = A^T B (see tn2_share)."""
+    tn2_share(M, K, a, lda, N, b, ldb, c, ldc, 0, b, ldb, c, ldc, t, nt, buf)
 
 
 cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept nogil:
