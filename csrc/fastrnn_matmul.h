@@ -29,17 +29,21 @@
        the call whose range ends at N also zeroes the padding: threads may share the work */   \
     void fastrnn_pack_cols_##SFX(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c1,          \
                                  int trans, const T *w, ptrdiff_t ldw, T *packed);             \
-    /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1 */                     \
+    /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1. reverse = 1 visits   \
+       the panels last to first, with the same numbers: a time loop alternates it, so that a   \
+       step starts on the panels the last one left in cache (a W larger than L2 would miss   \
+       on every panel in a fixed order) */                                                    \
     void fastrnn_small_gemm_##SFX(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,           \
                                   ptrdiff_t lda, const T *packed, ptrdiff_t panel_stride,      \
                                   int beta, T *c, ptrdiff_t ldc, int reverse);               \
     /* columns c0..c1-1 of the same product only; each column's numbers are those of the    \
        whole product (every column sums over K in the same order). With beta = 0 and a bias   \
-       (N,), not NULL, C := A @ packed + bias: the numbers of beta = 1 on rows filled with it */ \
+       (N,), not NULL, C := A @ packed + bias: the numbers of beta = 1 on rows filled with it. \
+       reverse = 1 visits the panels last to first (as in fastrnn_small_gemm) */           \
     void fastrnn_small_gemm_cols_##SFX(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,  \
                                        const T *a, ptrdiff_t lda, const T *packed,            \
                                        ptrdiff_t panel_stride, int beta, const T *bias, T *c, \
-                                       ptrdiff_t ldc);                                        \
+                                       ptrdiff_t ldc, int reverse);                           \
     /* one row (n = 1) over `ranges` column ranges c0[i]..c1[i]-1 of                          \
        C (1, N) := a (1, K) @ packed + beta * C, every range's numbers those of the whole    \
        product */                                                                                                                              \

@@ -245,10 +245,10 @@ FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,
                                    const T *a, ptrdiff_t lda, const T *packed,
                                    ptrdiff_t panel_stride, int beta, const T *bias, T *c,
-                                   ptrdiff_t ldc)
+                                   ptrdiff_t ldc, int reverse)
 {
     NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c, 0, ldc,
-                      0);
+                      reverse);
 }
 
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */

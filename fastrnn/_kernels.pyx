@@ -151,11 +151,11 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_small_gemm_cols_f32(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
                                      const float *a, Py_ssize_t lda, const float *packed,
                                      Py_ssize_t panel_stride, int beta, const float *bias,
-                                     float *c, Py_ssize_t ldc)
+                                     float *c, Py_ssize_t ldc, int reverse)
     void fastrnn_small_gemm_cols_f64(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
                                      const double *a, Py_ssize_t lda, const double *packed,
                                      Py_ssize_t panel_stride, int beta, const double *bias,
-                                     double *c, Py_ssize_t ldc)
+                                     double *c, Py_ssize_t ldc, int reverse)
     void fastrnn_matvec_ranges_f32(int ranges, const Py_ssize_t *c0, const Py_ssize_t *c1,
                                    Py_ssize_t K, const float *a, const float *packed,
                                    Py_ssize_t panel_stride, int beta, float *c)
@@ -776,15 +776,17 @@ cdef inline void unit_range(Py_ssize_t H, int t, int nt, floating dummy, Py_ssiz
 cdef inline void gemm_cols(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
                            const floating *a, Py_ssize_t lda, const floating *packed,
                            Py_ssize_t ps, bint accumulate, floating *c, Py_ssize_t ldc,
-                           const floating *bias=NULL) noexcept nogil:
+                           const floating *bias=NULL, bint reverse=False) noexcept nogil:
     """Columns c0..c1-1 of c (n, N) := a (n, K) @ packed (+ c if accumulate, else + bias
-    (N,) if given)."""
+    (N,) if given); `reverse` visits the panels last to first (the same numbers)."""
     if c1 <= c0:
         return
     if floating is float:
-        fastrnn_small_gemm_cols_f32(n, c0, c1, K, a, lda, packed, ps, accumulate, bias, c, ldc)
+        fastrnn_small_gemm_cols_f32(n, c0, c1, K, a, lda, packed, ps, accumulate, bias, c, ldc,
+                                    reverse)
     else:
-        fastrnn_small_gemm_cols_f64(n, c0, c1, K, a, lda, packed, ps, accumulate, bias, c, ldc)
+        fastrnn_small_gemm_cols_f64(n, c0, c1, K, a, lda, packed, ps, accumulate, bias, c, ldc,
+                                    reverse)
 
 
 cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t K,
@@ -807,15 +809,18 @@ cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
 
 cdef inline void unit_product(int G, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                               Py_ssize_t K, const floating *a, const floating *packed,
-                              Py_ssize_t ps, floating *c, Py_ssize_t ldc) noexcept nogil:
+                              Py_ssize_t ps, floating *c, Py_ssize_t ldc,
+                              bint reverse) noexcept nogil:
     """Units j0..j1-1 of every gate of the B rows c (B, ldc) += a (B, K) @ packed: one row in
-    a single pass over the gates (matvec chains across them), more rows a tile per gate."""
-    cdef int g
+    a single pass over the gates (matvec chains across them), more rows a tile per gate, the
+    gates' panels last to first if `reverse` (the same numbers)."""
+    cdef int g, i
     if B == 1:
         gate_cols(G, H, j0, j1, K, a, packed, ps, c)
         return
-    for g in range(G):
-        gemm_cols(B, g * H + j0, g * H + j1, K, a, K, packed, ps, True, c, ldc)
+    for i in range(G):
+        g = G - 1 - i if reverse else i
+        gemm_cols(B, g * H + j0, g * H + j1, K, a, K, packed, ps, True, c, ldc, NULL, reverse)
 
 
 cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
@@ -871,9 +876,9 @@ cdef void forward_units(const Seq *q, floating *xproj, int t, int nt,
                     for g in range(G):
                         memcpy(work + r * GH + g * H + j0, b_hh + g * H + j0,
                                (j1 - j0) * sizeof(floating))
-                unit_product(G, B, H, j0, j1, H, hp, pk, ps, work, GH)
+                unit_product(G, B, H, j0, j1, H, hp, pk, ps, work, GH, s & 1)
             else:
-                unit_product(G, B, H, j0, j1, H, hp, pk, ps, pre, GH)
+                unit_product(G, B, H, j0, j1, H, hp, pk, ps, pre, GH, s & 1)
             if cell == LSTM:
                 if floating is float:
                     fastrnn_lstm_gates_fwd_f32(B, H, j0, j1, pre, cs + (s % NH) * B * H, act,
@@ -973,12 +978,13 @@ cdef void backward_units(const Seq *q, floating *dgx, int t, int nt,
         fastrnn_barrier_wait(barrier, t, nt)
         # this thread's units of dh_prev = dG W_hh (GRU: direct part + r, z blocks + n block)
         if cell == GRU:
-            gemm_cols(B, j0, j1, 2 * H, dg, GH, pk, ps, True, tmp, H)
-            gemm_cols(B, j0, j1, H, dgh, H, pk + 2 * H * panel(<floating> 0), ps, True, tmp, H)
+            gemm_cols(B, j0, j1, 2 * H, dg, GH, pk, ps, True, tmp, H, NULL, s & 1)
+            gemm_cols(B, j0, j1, H, dgh, H, pk + 2 * H * panel(<floating> 0), ps, True, tmp, H,
+                      NULL, s & 1)
             for r in range(B):
                 memcpy(dh + r * H + j0, tmp + r * H + j0, (j1 - j0) * sizeof(floating))
         else:
-            gemm_cols(B, j0, j1, GH, dg, GH, pk, ps, False, dh, H)
+            gemm_cols(B, j0, j1, GH, dg, GH, pk, ps, False, dh, H, NULL, s & 1)
     # this thread's columns of dX = dG W_ih, every step (needs every thread's dG)
     fastrnn_barrier_wait(barrier, t, nt)
     gemm_cols(S * B, i0, i1, GH, dgx, GH, <const floating *> q.ipk, GH * panel(<floating> 0),
