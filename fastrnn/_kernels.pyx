@@ -309,6 +309,18 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
         fastrnn_pack_f64(K, N, trans, w, ldw, packed)
 
 
+cdef inline void pack_recurrent(const Seq *q, floating dummy) noexcept nogil:
+    """q.pk := W_hh^T packed for the forward product (GRU_B: its r and z blocks, and the n
+    block apart in q.pk_n)."""
+    cdef const floating *w_hh = <const floating *> q.w_hh
+    cdef Py_ssize_t H = q.H
+    if q.cell == GRU_B:
+        pack(H, 2 * H, True, w_hh, H, <floating *> q.pk)
+        pack(H, H, True, w_hh + 2 * H * H, H, <floating *> q.pk_n)
+    else:
+        pack(q.P, q.GH, True, w_hh, q.P, <floating *> q.pk)
+
+
 cdef inline void recurrent_matmul(int n, int cols, int K, const floating *a, int lda,
                                   const floating *packed, Py_ssize_t panel_stride,
                                   bint accumulate, floating *out, int ldout,
@@ -430,6 +442,7 @@ cdef struct Seq:
     const void *ipk         # forward: W_ih^T packed; backward: W_ih packed (for dX)
     const void *w_ih        # (G*H, I)
     bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
+    bint pack_late          # the one row range packs W_hh^T after its first projection
     void *bpk               # forward in training: backward's W_hh pack to fill, or NULL
     void *bipk              # forward in training: backward's W_ih pack (for dX) to fill
     const void *bias        # (G*H,) the biases folded into the input projection
@@ -558,6 +571,8 @@ cdef void forward_rows(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t 
                     project_steps(q, xproj, r0, r1, s, min(c, q.S - s))
         elif s % chunk == 0:
             project_steps(q, xproj, r0, r1, s, min(chunk, q.S - s))
+            if s == 0 and q.pack_late:
+                pack_recurrent(q, <floating> 0)
         # rows of this range still running at step s (a prefix: rows are longest first)
         while n > 0 and q.lengths[q.order[r0 + n - 1]] <= s:
             n -= 1
@@ -1430,16 +1445,18 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
     # that keeps workspaces (a stream) marks them packed after this call, so everything
     # is packed here even when no step runs (S == 0)
     q.pack_units = not packed and S > 0 and units_apply(q, unit_threads)
-    if not packed and not q.pack_units:
-        if cell == GRU_B:
-            pack(H, 2 * H, True, w_hh_, H, pk)
-            pack(H, H, True, w_hh_ + 2 * H * H, H, pk_n)
-        else:
-            pack(P, GH, True, w_hh_, P, pk)
-        pack(I, GH, True, w_ih_, I, ipk)
+    # One row range on this thread packs W_hh^T itself, after its first chunk of input
+    # projection: W_hh^T is then the last thing written, in L2 for the first steps. Packed
+    # here, before the projection, it was pushed out of the 2 MiB L2 by the projection's
+    # W_ih^T at H = 256 and streamed back from L3. Backward's packs go first for the same reason.
+    q.pack_late = not packed and not q.pack_units and nt == 1 and q.pipe_steps == 0 and S > 0
     if bpk != NULL and not q.pack_units:
         pack(GH, P, False, w_hh_, P, bpk)
         pack(GH, I, False, w_ih_, I, bipk)
+    if not packed and not q.pack_units:
+        pack(I, GH, True, w_ih_, I, ipk)
+        if not q.pack_late:
+            pack_recurrent(q, <floating> 0)
     if not packed:
         # biases folded into the input projection where they add (GRU keeps b_hh
         # apart, since r multiplies its n block (A2))
@@ -1755,7 +1772,7 @@ def backward(int cell,
     wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
     wg.dw_hr = dw_hr_
     q.bpk = q.bipk = NULL
-    q.pack_units = False  # forward packed wpack and ipack
+    q.pack_units = q.pack_late = False  # forward packed wpack and ipack
     call.q, call.wg = q, wg
     call.dh_n, call.dc_n, call.dh0, call.dc0 = dh_n_, dc_n_, dh0_, dc0_
     call.dgx, call.gbuf = dgx_, gbuf_
