@@ -51,12 +51,13 @@
                                      ptrdiff_t K, const T *a, const T *packed,                \
                                      ptrdiff_t panel_stride, int beta, T *c);                 \
     /* the same over `blocks` blocks of `rows` rows: row i of block s of A is at              \
-       a + s * a_block + i * lda (likewise C), e.g. a row range of every time step */        \
+       a + s * a_block + i * lda (likewise C), e.g. a row range of every time step; with     \
+       beta = 0 and a bias (N,), not NULL, C := A @ packed + bias (as fastrnn_small_gemm_cols) */ \
     void fastrnn_small_gemm_blocks_##SFX(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N,        \
                                          ptrdiff_t K, const T *a, ptrdiff_t a_block,          \
                                          ptrdiff_t lda, const T *packed,                      \
-                                         ptrdiff_t panel_stride, int beta, T *c,               \
-                                         ptrdiff_t c_block, ptrdiff_t ldc);                   \
+                                         ptrdiff_t panel_stride, int beta, const T *bias,     \
+                                         T *c, ptrdiff_t c_block, ptrdiff_t ldc);             \
     /* C1 (M, N1) := A^T B1 and C2 (M, N2) := A^T B2 of one A (N2 = 0: one product), A^T    \
        packed once for both: A (K, M), B_q (K, N_q) row-major with strides lda, ldb_q, C_q   \
        (M, N_q) with stride ldc_q. Only panels p0..p1-1 of the two products' panels in a row  \

@@ -348,10 +348,10 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
 FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
                                      const T *a, ptrdiff_t a_block, ptrdiff_t lda,
-                                     const T *packed, ptrdiff_t panel_stride, int beta, T *c,
-                                     ptrdiff_t c_block, ptrdiff_t ldc)
+                                     const T *packed, ptrdiff_t panel_stride, int beta,
+                                     const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, NULL,
+    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, bias,
                       c, c_block, ldc, 0);
 }
 

@@ -165,13 +165,13 @@ cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_small_gemm_blocks_f32(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const float *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const float *packed,
-                                       Py_ssize_t panel_stride, int beta, float *c,
-                                       Py_ssize_t c_block, Py_ssize_t ldc)
+                                       Py_ssize_t panel_stride, int beta, const float *bias,
+                                       float *c, Py_ssize_t c_block, Py_ssize_t ldc)
     void fastrnn_small_gemm_blocks_f64(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const double *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const double *packed,
-                                       Py_ssize_t panel_stride, int beta, double *c,
-                                       Py_ssize_t c_block, Py_ssize_t ldc)
+                                       Py_ssize_t panel_stride, int beta, const double *bias,
+                                       double *c, Py_ssize_t c_block, Py_ssize_t ldc)
     void fastrnn_gemm_tn2_f32(Py_ssize_t M, Py_ssize_t K, const float *a, Py_ssize_t lda,
                               Py_ssize_t N1, const float *b1, Py_ssize_t ldb1, float *c1,
                               Py_ssize_t ldc1, Py_ssize_t N2, const float *b2,
@@ -491,25 +491,25 @@ def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
 cdef inline void project_steps(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1,
                                Py_ssize_t s0, Py_ssize_t steps) noexcept nogil:
     """xproj of rows r0..r1-1 at steps s0..s0+steps-1 (ring slots s0 % q.chunk onwards,
-    which must not wrap around) := folded biases + x W_ih^T, by the own kernel in one pass
-    (each panel of W_ih^T stays in cache while the rows pass). The biases are written first and
-    the product adds to them: adding them in the product's store instead (no separate
-    pass) measured slower, 72 vs 68 ms for LSTM (100, 64, 256, 256) inference, one thread:
-    the stores then missed the cache."""
-    cdef Py_ssize_t B = q.B, GH = q.GH, I = q.n_in, rows = r1 - r0, s
+    which must not wrap around) := x W_ih^T + folded biases, by the own kernel in one pass
+    (each panel of W_ih^T stays in cache while the rows pass), the biases added as it stores:
+    the numbers of the product added onto rows filled with them first. That fill pass (a
+    memcpy per row) was 1.4% of LSTM (100, 64, 256, 256) inference; without it, one thread,
+    in one process (new / with the fill): 0.984 there, 0.983 at (50, 64, 512, 512), 0.995
+    at (200, 32, 128, 256), GRU (100, 64, 256, 256) training 0.978, batch 1 0.99-1.01. (On
+    session 1's AMD machine, with an older kernel, the store-time bias measured slower.)"""
+    cdef Py_ssize_t B = q.B, GH = q.GH, I = q.n_in, rows = r1 - r0
     xproj += (s0 % q.chunk) * B * GH
-    for s in range(steps):
-        fill_rows(rows, GH, <const floating *> q.bias, xproj + (s * B + r0) * GH)
     if floating is float:
         fastrnn_small_gemm_blocks_f32(steps, rows, GH, I,
                                       <const float *> q.xc + (s0 * B + r0) * I, B * I, I,
-                                      <const float *> q.ipk, I * panel(<floating> 0), True,
-                                      xproj + r0 * GH, B * GH, GH)
+                                      <const float *> q.ipk, I * panel(<floating> 0), False,
+                                      <const float *> q.bias, xproj + r0 * GH, B * GH, GH)
     else:
         fastrnn_small_gemm_blocks_f64(steps, rows, GH, I,
                                       <const double *> q.xc + (s0 * B + r0) * I, B * I, I,
-                                      <const double *> q.ipk, I * panel(<floating> 0), True,
-                                      xproj + r0 * GH, B * GH, GH)
+                                      <const double *> q.ipk, I * panel(<floating> 0), False,
+                                      <const double *> q.bias, xproj + r0 * GH, B * GH, GH)
 
 
 cdef inline floating *state_before(const Seq *q, Py_ssize_t s, Py_ssize_t r0,
@@ -753,12 +753,12 @@ cdef void backward_rows(const Seq *q, floating *dgx, Py_ssize_t r0, Py_ssize_t r
     if floating is float:
         fastrnn_small_gemm_blocks_f32(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
                                       <const float *> q.ipk, GH * panel(<floating> 0),
-                                      False, <float *> q.xc + r0 * q.n_in, B * q.n_in,
+                                      False, NULL, <float *> q.xc + r0 * q.n_in, B * q.n_in,
                                       q.n_in)
     else:
         fastrnn_small_gemm_blocks_f64(q.S, rows, q.n_in, GH, dgx + r0 * GH, B * GH, GH,
                                       <const double *> q.ipk, GH * panel(<floating> 0),
-                                      False, <double *> q.xc + r0 * q.n_in, B * q.n_in,
+                                      False, NULL, <double *> q.xc + r0 * q.n_in, B * q.n_in,
                                       q.n_in)
 
 
