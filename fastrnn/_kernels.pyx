@@ -479,13 +479,23 @@ cdef inline void zero_saved_rows(const Seq *q, floating *hs, Py_ssize_t s, Py_ss
 # the projection of (T, B, I) = (100, 64, 256) for 1024 gate columns, at 68 GFLOP/s, and
 # (384 x 256) x (256 x 1024) at 106 (one core, alone). A 2 MiB ring still pushed W_hh (1 MiB
 # at H = 256) out of the 1 MiB L2 each chunk: LSTM inference (100, 64, 256, 256) took 69-73 ms
-# with it and 67-68 with this one, (50, 64, 512, 512) 133-135 and 128 (one thread).
+# with it and 67-68 with this one, (50, 64, 512, 512) 133-135 and 128 (one thread, AMD EPYC).
 DEF PROJECTION_CHUNK = 1 << 17
+# The ring where W_ih^T is at least half of L2 (_threads.wide_projection): 4 MiB in float32.
+# With W_ih^T that large, a 512 KiB ring (one or two steps at batch 64) streamed all of it
+# back from L3 for every chunk; this one projects 4-16 steps per pass over it. Measured on
+# the 2-core Xeon (2 MiB L2), new / old, inference: LSTM (50, 64, 512, 512) one thread 0.951
+# (in-process A/B, 8 rounds), two threads 41.0-41.5 against 43.1-43.3 ms; GRU there 0.971 and
+# 31.8-32.5 against 33.5; LSTM (100, 64, 256, 256) 0.988 and 20.8-21.0 against 21.3-21.9;
+# while LSTM (100, 16, 128, 128), whose W_ih^T is 256 KiB, lost (1.047) with it.
+DEF PROJECTION_CHUNK_WIDE = 1 << 20
 
 
-def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH):
-    """Steps of forward()'s `xproj` ring: as many as PROJECTION_CHUNK elements hold."""
-    return min(S, max(1, PROJECTION_CHUNK // max(1, batch * GH)))
+def projection_steps(Py_ssize_t batch, Py_ssize_t S, Py_ssize_t GH, bint wide=False):
+    """Steps of forward()'s `xproj` ring: as many as PROJECTION_CHUNK elements hold
+    (PROJECTION_CHUNK_WIDE when `wide`), at most S."""
+    cdef Py_ssize_t elements = PROJECTION_CHUNK_WIDE if wide else PROJECTION_CHUNK
+    return min(S, max(1, elements // max(1, batch * GH)))
 
 
 cdef inline void project_steps(const Seq *q, floating *xproj, Py_ssize_t r0, Py_ssize_t r1,
@@ -1501,7 +1511,7 @@ def forward(int cell,
             cnp.ndarray yc,                     # OUT  (S, B, P) compact output, zero past length
             cnp.ndarray h_n,                    # OUT  (B, P) user row order
             cnp.ndarray c_n,                    # OUT  (B, H) LSTM; (0, H) otherwise
-            cnp.ndarray xproj,                  # WORK (S*B, G*H)
+            cnp.ndarray xproj,                  # WORK (projection_steps(...) * B, G*H)
             cnp.ndarray hs,                     # OUT/WORK (NH, B, P): NH = S+1 keeps every
                                                 #      state for backward; NH = 2 (inference):
                                                 #      hs[0] holds the initial state
@@ -1578,7 +1588,9 @@ def forward(int cell,
         bpk = <floating *> data(bwpack, 1, ft, True)
         bipk = <floating *> data(bipack, 1, ft, True)
     # the derived sizes the loops rely on (Python allocated them; a mismatch is a bug)
-    if (xproj.size < projection_steps(B, S, GH) * B * GH or yc.size < S * B * P or
+    # xproj: the ring of projected steps, its rows a whole number of steps (projection_steps)
+    if (xproj.shape[1] != GH or (S > 0 and xproj.shape[0] < B) or
+            (B > 0 and xproj.shape[0] % B != 0) or yc.size < S * B * P or
             hs.size != hs.shape[0] * B * P or
             wpack.shape[0] < forward_pack_size(cell, P, H, ft == DOUBLE_TYPE) or
             ipack.shape[0] < input_pack_size(I, GH, ft == DOUBLE_TYPE) or
@@ -1599,7 +1611,7 @@ def forward(int cell,
     q.hs, q.cs, q.acts, q.hraw, q.work, q.yc = hs_, cs_, acts_, hraw_, work_, yc_
     q.dgh = q.dhs = NULL
     q.xc, q.n_in, q.ipk, q.bias, q.w_ih = xc_, I, ipk, bias, w_ih_
-    q.chunk = projection_steps(B, S, GH)
+    q.chunk = min(S, xproj.shape[0] // B)
     q.pipe, q.pipe_steps = NULL, 0
     q.bpk, q.bipk = bpk, bipk
     call.q = q

@@ -329,6 +329,12 @@ def _layout(T: int, B: int, lengths: np.ndarray | None, reverse: bool):
     return lengths, order, S, False
 
 
+def _projection_steps(B: int, S: int, I: int, GH: int, dtype) -> int:  # noqa: E741
+    """Steps of the input projection's ring (_kernels.projection_steps)."""
+    wide = _threads.wide_projection(I * GH * np.dtype(dtype).itemsize)
+    return _kernels.projection_steps(B, S, GH, wide)
+
+
 @functools.lru_cache(maxsize=256)
 def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
     """Shapes of forward()'s internal arrays for one configuration, and their total bytes."""
@@ -346,7 +352,7 @@ def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
         "xc": (S, B, I),
         "yc": (S, B, P),
         "no_c": (0, H),
-        "xproj": (_kernels.projection_steps(B, S, G * H) * B, G * H),
+        "xproj": (_projection_steps(B, S, I, G * H, dtype) * B, G * H),
         "hs": (n_states, B, P),
         "cs": (n_states, B, H) if is_lstm else (0, 0, H),
         "acts": (n_acts, B, 4 * H),

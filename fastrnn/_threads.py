@@ -111,6 +111,13 @@ def unit_threads(
     return _num_threads
 
 
+def wide_projection(input_weight_bytes: int) -> bool:
+    """Whether the input projection runs ahead of the time loop in the wide ring (_kernels:
+    PROJECTION_CHUNK_WIDE): when W_ih^T is at least half of a core's L2, a ring of one or
+    two steps streamed it back from L3 for every chunk."""
+    return 2 * input_weight_bytes >= _L2_BYTES
+
+
 # A time loop left on one thread (see unit_threads; a batch too small for row ranges) can
 # have a second thread project its input a few steps ahead (the kernel's "pipe"). Below this
 # many multiply-adds of projection the helper's wake-up is not worth it.

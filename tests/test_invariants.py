@@ -15,6 +15,7 @@ from helpers import (
 )
 
 import fastrnn
+import fastrnn._layer
 import fastrnn._threads
 
 T, B, I, H = 6, 4, 3, 5  # noqa: E741
@@ -557,6 +558,44 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
     assert fastrnn._kernels.pipes_started() >= started + 2  # inference and training forward
     for name, value in serial.items():
         np.testing.assert_array_equal(parallel[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("lengths", [None, "mixed"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
+def test_projection_ring_width_does_not_change_results(cell, dtype, lengths, monkeypatch):
+    """The input projection runs ahead of the time loop into a ring of steps, wider where
+    W_ih^T is large (_threads.wide_projection). Both rings, wrapping around many times at
+    batch 32 over 150 steps: outputs, states and gradients bit-identical, and the reference's."""
+    steps, batch, inputs, hidden = 150, 32, 16, 64
+    rng = np.random.default_rng(48)
+    kwargs = {"proj_size": 24} if cell == "lstm-proj" else {}
+    cell = cell.removesuffix("-proj")
+    out = kwargs.get("proj_size", hidden)
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=48, **kwargs)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (1, batch, out), dtype, 0.5)
+    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = None if lengths is None else rng.integers(0, steps + 1, batch)
+    dy = normal(rng, (steps, batch, out), dtype)
+    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    results, rings = [], []
+    for wide in (False, True):
+        monkeypatch.setattr(fastrnn._threads, "wide_projection", lambda nbytes, w=wide: w)
+        fastrnn._layer._forward_shapes.cache_clear()
+        gates = model.state_dict()["weight_hh_l0"].shape[0]
+        rings.append(fastrnn._layer._projection_steps(batch, steps, inputs, gates, dtype))
+        results.append(run_model_and_grads(*args))
+    fastrnn._layer._forward_shapes.cache_clear()
+    assert rings[0] < rings[1]  # the wide ring holds more steps (and either wraps or not)
+    if not kwargs:  # the reference has no LSTM projection (test_torch_parity does)
+        y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 1, False, h0, c0, lens)
+        assert_close(results[1]["y"], y_ref, dtype)
+        assert_close(results[1]["h_n"], h_ref, dtype)
+    assert results[0].keys() == results[1].keys()
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
 
 
 PAIR_CASES = [  # (lengths, batch); H = 16 takes the fused step at batch 1 (float32)
