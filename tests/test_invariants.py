@@ -565,8 +565,9 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
 @pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
 def test_projection_ring_width_does_not_change_results(cell, dtype, lengths, monkeypatch):
     """The input projection runs ahead of the time loop into a ring of steps, wider where
-    W_ih^T is large (_threads.wide_projection). Both rings, wrapping around many times at
-    batch 32 over 150 steps: outputs, states and gradients bit-identical, and the reference's."""
+    W_ih^T is large (_threads.wide_projection). Both rings at batch 32 over 150 steps (the
+    narrow one wraps around many times, the wide one for LSTM too): outputs, states and
+    gradients bit-identical, and the reference's."""
     steps, batch, inputs, hidden = 150, 32, 16, 64
     rng = np.random.default_rng(48)
     kwargs = {"proj_size": 24} if cell == "lstm-proj" else {}
