@@ -52,7 +52,7 @@ static void *run_share(void *arg)
         double t0 = now();
         for (int i = 0; i < calls; ++i) {
             fastrnn_matvec_ranges_f32(1, &s->c0, &s->c1, s->K, h, s->packed,
-                                      s->K * FASTRNN_PANEL_F32, 1, out);
+                                      s->K * FASTRNN_PANEL_F32, 1, out, i & 1);
             h[i % s->K] += out[s->c0 + i % (s->c1 - s->c0)] * 1e-9f; /* a data dependency */
         }
         double t = (now() - t0) / calls;
@@ -92,7 +92,7 @@ static void *run_split(void *arg)
             const float *hp = s->h[i & 1];
             float *hn = s->h[(i + 1) & 1];
             fastrnn_matvec_ranges_f32(s->G, c0, c1, H, hp, s->packed, H * FASTRNN_PANEL_F32, 0,
-                                      out);
+                                      out, i & 1);
             for (ptrdiff_t j = j0; j < j1; ++j) /* its units of the next state */
                 hn[j] = 0.5f * hp[j] + 1e-6f * out[j];
             fastrnn_barrier_wait(s->barrier, s->t, 2);

@@ -46,10 +46,11 @@
                                        ptrdiff_t ldc, int reverse);                           \
     /* one row (n = 1) over `ranges` column ranges c0[i]..c1[i]-1 of                          \
        C (1, N) := a (1, K) @ packed + beta * C, every range's numbers those of the whole    \
-       product */                                                                                                                              \
+       product; reverse = 1 visits the ranges and their vectors last to first (the same      \
+       numbers: a time loop alternates it, as for fastrnn_small_gemm) */                     \
     void fastrnn_matvec_ranges_##SFX(int ranges, const ptrdiff_t *c0, const ptrdiff_t *c1,    \
                                      ptrdiff_t K, const T *a, const T *packed,                \
-                                     ptrdiff_t panel_stride, int beta, T *c);                 \
+                                     ptrdiff_t panel_stride, int beta, T *c, int reverse);    \
     /* the same over `blocks` blocks of `rows` rows: row i of block s of A is at              \
        a + s * a_block + i * lda (likewise C), e.g. a row range of every time step; with     \
        beta = 0 and a bias (N,), not NULL, C := A @ packed + bias (as fastrnn_small_gemm_cols) */ \

@@ -254,11 +254,12 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
 
 /* One row times M vectors of columns, each vector anywhere in the packed matrix: b[v] is
-   its column block at row 0 (row stride PW), c[v] where it goes, width[v] its columns. The
-   same operations per column as tile(): acc = sum over k in order, then + C or + 0. */
+   its column block at row 0 (row stride PW), c[v] where it goes, lanes lo[v]..hi[v]-1 the
+   columns it stores. The same operations per column as tile(): acc = sum over k in order,
+   then + C or + 0 (lanes are independent: a column's numbers do not depend on its lane). */
 static inline __attribute__((always_inline)) void NAME(matvec_group)(
     const int M, ptrdiff_t K, const T *a, const T *const *b, T *const *c,
-    const ptrdiff_t *width, int beta)
+    const ptrdiff_t *lo, const ptrdiff_t *hi, int beta)
 {
     VEC acc[MV];
     for (int v = 0; v < M; ++v)
@@ -272,7 +273,7 @@ static inline __attribute__((always_inline)) void NAME(matvec_group)(
         }
     }
     for (int v = 0; v < M; ++v) {
-        if (width[v] == VW) {
+        if (lo[v] == 0 && hi[v] == VW) {
             VEC old = (VEC){0};
             if (beta)
                 memcpy(&old, c[v], sizeof(VEC));
@@ -281,7 +282,7 @@ static inline __attribute__((always_inline)) void NAME(matvec_group)(
         } else {
             T lanes[VW];
             memcpy(lanes, &acc[v], sizeof(VEC));
-            for (ptrdiff_t u = 0; u < width[v]; ++u)
+            for (ptrdiff_t u = lo[v]; u < hi[v]; ++u)
                 c[v][u] = lanes[u] + (beta ? c[v][u] : (T)0);
         }
     }
@@ -290,17 +291,18 @@ static inline __attribute__((always_inline)) void NAME(matvec_group)(
 /* The last group of a pass, m < MV vectors (M must be a constant for the registers).
    always_inline, like every helper here: a helper left out of line is compiled for the
    baseline target, not the caller's clone, and so without FMA (different numbers). */
-static inline __attribute__((always_inline)) void NAME(matvec_rest)(int m, ptrdiff_t K, const T *a, const T *const *b,
-                                     T *const *out, const ptrdiff_t *width, int beta)
+static inline __attribute__((always_inline)) void NAME(matvec_rest)(
+    int m, ptrdiff_t K, const T *a, const T *const *b, T *const *out, const ptrdiff_t *lo,
+    const ptrdiff_t *hi, int beta)
 {
     switch (m) {
-    case 7: NAME(matvec_group)(7, K, a, b, out, width, beta); break;
-    case 6: NAME(matvec_group)(6, K, a, b, out, width, beta); break;
-    case 5: NAME(matvec_group)(5, K, a, b, out, width, beta); break;
-    case 4: NAME(matvec_group)(4, K, a, b, out, width, beta); break;
-    case 3: NAME(matvec_group)(3, K, a, b, out, width, beta); break;
-    case 2: NAME(matvec_group)(2, K, a, b, out, width, beta); break;
-    case 1: NAME(matvec_group)(1, K, a, b, out, width, beta); break;
+    case 7: NAME(matvec_group)(7, K, a, b, out, lo, hi, beta); break;
+    case 6: NAME(matvec_group)(6, K, a, b, out, lo, hi, beta); break;
+    case 5: NAME(matvec_group)(5, K, a, b, out, lo, hi, beta); break;
+    case 4: NAME(matvec_group)(4, K, a, b, out, lo, hi, beta); break;
+    case 3: NAME(matvec_group)(3, K, a, b, out, lo, hi, beta); break;
+    case 2: NAME(matvec_group)(2, K, a, b, out, lo, hi, beta); break;
+    case 1: NAME(matvec_group)(1, K, a, b, out, lo, hi, beta); break;
     default: break;
     }
 }
@@ -308,30 +310,37 @@ static inline __attribute__((always_inline)) void NAME(matvec_rest)(int m, ptrdi
 FASTRNN_CLONES
 void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_t *c1,
                                  ptrdiff_t K, const T *a, const T *packed,
-                                 ptrdiff_t panel_stride, int beta, T *c)
+                                 ptrdiff_t panel_stride, int beta, T *c, int reverse)
 {
     /* Every vector of every range joins a group of MV: a few short ranges (one a gate, as
        when threads share a step by units) still keep MV chains in flight, where a tile per
-       range would run 1-2 chains, bound by the FMA latency. */
+       range would run 1-2 chains, bound by the FMA latency. The vectors are the aligned
+       ones (column multiples of VW) that cover each range, storing only the range's lanes:
+       a range that starts inside a vector (a gate of H = 500 starts at column 500) would
+       otherwise load every vector across two cache lines, twice the traffic of a stream
+       that is bound by it. */
     const T *b[MV];
     T *out[MV];
-    ptrdiff_t width[MV];
+    ptrdiff_t lo[MV], hi[MV];
     int m = 0;
-    for (int i = 0; i < ranges; ++i) {
-        for (ptrdiff_t col = c0[i], next; col < c1[i]; col = next) {
-            /* a vector ends at the range's end or its panel's, whichever comes first */
-            next = col + VW < c1[i] ? col + VW : c1[i];
-            next = next < (col / PW + 1) * PW ? next : (col / PW + 1) * PW;
+    for (int n = 0; n < ranges; ++n) {
+        const int i = reverse ? ranges - 1 - n : n;
+        if (c1[i] <= c0[i])
+            continue;
+        const ptrdiff_t first = c0[i] / VW, last = (c1[i] - 1) / VW;
+        for (ptrdiff_t j = 0; j <= last - first; ++j) {
+            const ptrdiff_t col = (reverse ? last - j : first + j) * VW; /* inside one panel */
             b[m] = packed + col / PW * panel_stride + col % PW;
             out[m] = c + col;
-            width[m] = next - col;
+            lo[m] = c0[i] > col ? c0[i] - col : 0;
+            hi[m] = c1[i] < col + VW ? c1[i] - col : VW;
             if (++m == MV) {
-                NAME(matvec_group)(MV, K, a, b, out, width, beta);
+                NAME(matvec_group)(MV, K, a, b, out, lo, hi, beta);
                 m = 0;
             }
         }
     }
-    NAME(matvec_rest)(m, K, a, b, out, width, beta);
+    NAME(matvec_rest)(m, K, a, b, out, lo, hi, beta);
 }
 
 FASTRNN_CLONES

@@ -158,10 +158,10 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                      double *c, Py_ssize_t ldc, int reverse)
     void fastrnn_matvec_ranges_f32(int ranges, const Py_ssize_t *c0, const Py_ssize_t *c1,
                                    Py_ssize_t K, const float *a, const float *packed,
-                                   Py_ssize_t panel_stride, int beta, float *c)
+                                   Py_ssize_t panel_stride, int beta, float *c, int reverse)
     void fastrnn_matvec_ranges_f64(int ranges, const Py_ssize_t *c0, const Py_ssize_t *c1,
                                    Py_ssize_t K, const double *a, const double *packed,
-                                   Py_ssize_t panel_stride, int beta, double *c)
+                                   Py_ssize_t panel_stride, int beta, double *c, int reverse)
     void fastrnn_small_gemm_blocks_f32(Py_ssize_t blocks, Py_ssize_t rows, Py_ssize_t N,
                                        Py_ssize_t K, const float *a, Py_ssize_t a_block,
                                        Py_ssize_t lda, const float *packed,
@@ -817,9 +817,9 @@ cdef inline void gemm_cols(Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_
 
 cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t K,
                            const floating *a, const floating *packed, Py_ssize_t ps,
-                           floating *c) noexcept nogil:
+                           floating *c, bint reverse) noexcept nogil:
     """Units j0..j1-1 of every gate of the row c (G*H,) += a (K,) @ packed (K, G*H), every
-    gate's range in a single pass."""
+    gate's range in a single pass (last to first if `reverse`: the same numbers)."""
     cdef int g
     cdef Py_ssize_t c0[4]
     cdef Py_ssize_t c1[4]
@@ -828,9 +828,9 @@ cdef inline void gate_cols(int G, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
     for g in range(G):
         c0[g], c1[g] = g * H + j0, g * H + j1
     if floating is float:
-        fastrnn_matvec_ranges_f32(G, c0, c1, K, a, packed, ps, True, c)
+        fastrnn_matvec_ranges_f32(G, c0, c1, K, a, packed, ps, True, c, reverse)
     else:
-        fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c)
+        fastrnn_matvec_ranges_f64(G, c0, c1, K, a, packed, ps, True, c, reverse)
 
 
 cdef inline void unit_product(int G, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -842,7 +842,7 @@ cdef inline void unit_product(int G, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, 
     gates' panels last to first if `reverse` (the same numbers)."""
     cdef int g, i
     if B == 1:
-        gate_cols(G, H, j0, j1, K, a, packed, ps, c)
+        gate_cols(G, H, j0, j1, K, a, packed, ps, c, reverse)
         return
     for i in range(G):
         g = G - 1 - i if reverse else i
