@@ -63,6 +63,17 @@ _one_range: dict[int, np.ndarray] = {}
 # (0.95-1.03), training 0.83-0.86; batch 4 LSTM 1.07 inference, 0.95-0.97 training, batch
 # 5-8 1.06-1.07 inference: row ranges from two rows a thread.
 #
+# But only a step of some size: each thread's share of a gate is then a few vectors (a tile
+# of one or two), and the threads write neighbouring columns of every gate and row. Measured
+# later (2-core Xeon, separate processes, LSTM, T = 100, inference units / rows, ms): batch
+# 2 H = 100 (80K multiply-adds a step) 0.37 / 0.27 and 1 thread 0.30; batch 3 H = 75 (68K)
+# 0.37 / 0.21; batch 3 H = 96-112 (110-150K) 0.32-0.42 / 0.28-0.38; batch 2 H = 128 (131K)
+# 0.27-0.33 / 0.30-0.32, training 0.91 / 0.87; batch 2 H = 160 (205K) 0.52 / 0.54; H = 200
+# (320K) 0.97 / 0.95; batch 3 H = 256 (786K) 1.1-1.2 / 1.6. So more than one row shares its
+# steps by units from this many multiply-adds a step (or when W_hh overflows L2, below).
+_MIN_UNIT_STEP_WORK_ROWS = 262_144
+
+
 # Any batch splits by units when W_hh does not fit a core's L2: row ranges then stream all
 # of it from L3 on every thread, every step, where units stream half each. Measured on a
 # 2-core Xeon (2 MiB L2; one process, 2 threads, units / row ranges, inference): LSTM
@@ -99,9 +110,11 @@ def unit_threads(
 ) -> int:
     """Threads that share each step of a call by hidden units (1: no split); full: every row
     runs every step (more than one row shares its steps only then); weight_bytes: W_hh's."""
+    fits = weight_bytes <= _L2_BYTES
     if (
         batch < 1
-        or (batch >= 2 * _num_threads and weight_bytes <= _L2_BYTES)
+        or (batch >= 2 * _num_threads and fits)
+        or (batch > 1 and fits and macs_per_step < _MIN_UNIT_STEP_WORK_ROWS)
         or (batch > 1 and not full)
         or _num_threads <= 1
         or macs_per_step < _MIN_UNIT_STEP_WORK

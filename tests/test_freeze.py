@@ -45,6 +45,7 @@ def thread_policy(request):
     if request.param != "1-thread":
         mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
         mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
+        mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK_ROWS", 0)
         fastrnn.set_num_threads(2)
     else:
         fastrnn.set_num_threads(1)

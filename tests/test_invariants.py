@@ -333,6 +333,7 @@ def unit_threads():
     mp = pytest.MonkeyPatch()
     mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
     mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
+    mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK_ROWS", 0)
     yield fastrnn.set_num_threads
     mp.undo()
     fastrnn.set_num_threads(saved)
@@ -447,9 +448,9 @@ def test_fused_step_equals_product_then_gates(cell, proj, dtype, hidden):
 
 
 def test_unit_split_rule(monkeypatch):
-    """Which calls share their steps by units on 2 threads: batch 1 and a few full rows; a
-    larger batch only when W_hh (its bytes) overflows a core's L2, and only if every row runs
-    every step; never a step too small to share."""
+    """Which calls share their steps by units on 2 threads: batch 1 and a few full rows (these
+    from a larger step); a larger batch only when W_hh (its bytes) overflows a core's L2, and
+    only if every row runs every step; never a step too small to share."""
     monkeypatch.setattr(fastrnn._threads, "_L2_BYTES", 2 << 20)
     saved = fastrnn.get_num_threads()
     rule = fastrnn._threads.unit_threads
@@ -459,6 +460,10 @@ def test_unit_split_rule(monkeypatch):
         assert rule(1, 50, macs) == 2
         assert rule(3, 50, 3 * macs) == 2
         assert rule(4, 50, 4 * macs) == 1
+        small = 4 * 100 * 100  # LSTM H = 100: W_hh 160 KiB
+        assert rule(2, 50, 2 * small, True, 4 * small) == 1  # a few rows, a small step
+        assert rule(2, 50, 2 * small, True, 4 << 20) == 2  # ... whose W_hh overflows L2
+        assert rule(3, 50, 3 * 4 * 256 * 256) == 2
         assert rule(64, 50, 64 * macs, True, 4 * macs) == 2
         assert rule(64, 50, 64 * macs, True, 2 << 20) == 1  # fits: row ranges
         assert rule(64, 50, 64 * macs, False, 4 * macs) == 1  # a short row: row ranges

@@ -621,6 +621,7 @@ def test_parameters_updated_before_backward_do_not_change_gradients(
     of W_hr)."""
     monkeypatch.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
     monkeypatch.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
+    monkeypatch.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK_ROWS", 0)
     saved = fastrnn.get_num_threads()
     fastrnn.set_num_threads(threads)
     try:
