@@ -68,7 +68,11 @@
     void fastrnn_gemm_tn2_##SFX(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,          \
                                 ptrdiff_t N1, const T *b1, ptrdiff_t ldb1, T *c1,             \
                                 ptrdiff_t ldc1, ptrdiff_t N2, const T *b2, ptrdiff_t ldb2,    \
-                                T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *buf);
+                                T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *buf);    \
+    /* out (cols,) := the sum over rows of A (rows, cols), row stride lda: each column from   \
+       0 in row order (bias gradients: the column sums of the gate gradients) */             \
+    void fastrnn_column_sums_##SFX(ptrdiff_t rows, ptrdiff_t cols, const T *a, ptrdiff_t lda, \
+                                   T *out);
 
 /* Rows of A (the sum's K) per pass of fastrnn_gemm_tn2; each pass adds its partial sums to C,
    so this fixes the order of the additions (and the numbers). */

@@ -97,8 +97,13 @@ void NAME(fastrnn_pack_cols)(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c
         for (ptrdiff_t k = 0; k < K; ++k)
             for (ptrdiff_t j0 = c0; j0 < c1; j0 = (j0 / PW + 1) * PW) {
                 ptrdiff_t end = (j0 / PW + 1) * PW < c1 ? (j0 / PW + 1) * PW : c1;
-                memcpy(packed + j0 / PW * K * PW + k * PW + j0 % PW, w + k * ldw + j0,
-                       (size_t)(end - j0) * sizeof(T));
+                T *dst = packed + j0 / PW * K * PW + k * PW + j0 % PW;
+                /* a whole panel row with a constant size, so that the copy is inlined (a
+                   libc call for every 256 bytes made this pack 3x slower than its traffic) */
+                if (end - j0 == PW)
+                    memcpy(dst, w + k * ldw + j0, PW * sizeof(T));
+                else
+                    memcpy(dst, w + k * ldw + j0, (size_t)(end - j0) * sizeof(T));
             }
     }
     if (c1 < N)
@@ -474,6 +479,48 @@ void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,
     c1s[1] = c1s[1] < N2 ? c1s[1] : N2;
     NAME(gemm_tn_products)(2, M, K, a, lda, bs, ldbs, cs, ldcs, c0s, c1s, buf);
 }
+
+/* Columns per pass of fastrnn_column_sums: 8 vectors of sums stay in registers over all rows. */
+#define CS_VECTORS 8
+
+FASTRNN_CLONES
+void NAME(fastrnn_column_sums)(ptrdiff_t rows, ptrdiff_t cols, const T *a, ptrdiff_t lda,
+                               T *out)
+{
+    /* Each column sums its rows from 0 in row order, whatever its lane or pass: the numbers
+       of the plain loop, with rows*cols/VW vector adds instead of a load, add and store of
+       out a row (the Cython loop ran at baseline SSE2, 2.4% of an LSTM training step's
+       samples at (100, 16, 128, 128) on two threads). */
+    ptrdiff_t c0 = 0;
+    for (; c0 + CS_VECTORS * VW <= cols; c0 += CS_VECTORS * VW) {
+        VEC acc[CS_VECTORS];
+        for (int v = 0; v < CS_VECTORS; ++v)
+            acc[v] = (VEC){0};
+        for (ptrdiff_t r = 0; r < rows; ++r)
+            for (int v = 0; v < CS_VECTORS; ++v) {
+                VEC x;
+                memcpy(&x, a + r * lda + c0 + v * VW, sizeof(VEC));
+                acc[v] += x;
+            }
+        memcpy(out + c0, acc, sizeof(acc));
+    }
+    for (; c0 + VW <= cols; c0 += VW) {
+        VEC acc = (VEC){0};
+        for (ptrdiff_t r = 0; r < rows; ++r) {
+            VEC x;
+            memcpy(&x, a + r * lda + c0, sizeof(VEC));
+            acc += x;
+        }
+        memcpy(out + c0, &acc, sizeof(VEC));
+    }
+    for (ptrdiff_t k = c0; k < cols; ++k) {
+        T sum = (T)0;
+        for (ptrdiff_t r = 0; r < rows; ++r)
+            sum += a[r * lda + k];
+        out[k] = sum;
+    }
+}
+#undef CS_VECTORS
 
 #undef KB
 #undef KC

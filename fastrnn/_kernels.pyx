@@ -182,6 +182,10 @@ cdef extern from "fastrnn_matmul.h" nogil:
                               Py_ssize_t ldc1, Py_ssize_t N2, const double *b2,
                               Py_ssize_t ldb2, double *c2, Py_ssize_t ldc2, Py_ssize_t p0,
                               Py_ssize_t p1, double *buf)
+    void fastrnn_column_sums_f32(Py_ssize_t rows, Py_ssize_t cols, const float *a,
+                                 Py_ssize_t lda, float *out)
+    void fastrnn_column_sums_f64(Py_ssize_t rows, Py_ssize_t cols, const double *a,
+                                 Py_ssize_t lda, double *out)
     Py_ssize_t fastrnn_gemm_tn_buffer_f32(Py_ssize_t M)
     Py_ssize_t fastrnn_gemm_tn_buffer_f64(Py_ssize_t M)
     Py_ssize_t fastrnn_packed_size_f32(Py_ssize_t K, Py_ssize_t N)
@@ -353,14 +357,13 @@ cdef inline void add_rows(Py_ssize_t rows, Py_ssize_t cols, const floating *a,
         out[k] += a[k]
 
 
-cdef void column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ssize_t lda,
-                      floating *out) noexcept nogil:
+cdef inline void column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a,
+                             Py_ssize_t lda, floating *out) noexcept nogil:
     """out (cols,) := sum over rows of a (rows, cols), row stride lda."""
-    cdef Py_ssize_t r, k
-    memset(out, 0, cols * sizeof(floating))
-    for r in range(rows):
-        for k in range(cols):
-            out[k] += a[r * lda + k]
+    if floating is float:
+        fastrnn_column_sums_f32(rows, cols, a, lda, out)
+    else:
+        fastrnn_column_sums_f64(rows, cols, a, lda, out)
 
 
 # ---------------------------------------------------------------------------------------
