@@ -64,11 +64,14 @@
        (M, N_q) with stride ldc_q. Only panels p0..p1-1 of the two products' panels in a row  \
        (C1's ceil(N1 / PW), then C2's); buf holds fastrnn_gemm_tn_buffer(M) elements (this   \
        call's own). The sum over K runs in a fixed order, so a split of the panels (or of   \
-       the rows of A^T) among threads gives the same numbers as one call over all of them. */ \
+       the rows of A^T) among threads gives the same numbers as one call over all of them.   \
+       With sums not NULL, also sums[m] := the sum over K of A[k][m] for m in s0..s1-1, the  \
+       numbers of fastrnn_column_sums, taken while A is packed (one pass over A for both). */ \
     void fastrnn_gemm_tn2_##SFX(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,          \
                                 ptrdiff_t N1, const T *b1, ptrdiff_t ldb1, T *c1,             \
                                 ptrdiff_t ldc1, ptrdiff_t N2, const T *b2, ptrdiff_t ldb2,    \
-                                T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *buf);    \
+                                T *c2, ptrdiff_t ldc2, ptrdiff_t p0, ptrdiff_t p1, T *sums,   \
+                                ptrdiff_t s0, ptrdiff_t s1, T *buf);                          \
     /* out (cols,) := the sum over rows of A (rows, cols), row stride lda: each column from   \
        0 in row order (bias gradients: the column sums of the gate gradients) */             \
     void fastrnn_column_sums_##SFX(ptrdiff_t rows, ptrdiff_t cols, const T *a, ptrdiff_t lda, \

@@ -256,6 +256,59 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
                       reverse);
 }
 
+/* Columns per pass of a column sum: 8 vectors of sums in registers over a block of rows. */
+#define CS_VECTORS 8
+
+/* out[c] += a[r][c] for rows r0..r1-1 in order and columns c0..c1-1 (row stride lda): each
+   column continues its sum from out, whatever its lane or pass, so blocks of rows summed
+   one after another give the numbers of one plain loop over all rows. */
+static inline __attribute__((always_inline)) void NAME(add_row_block)(
+    ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t c0, ptrdiff_t c1, const T *a, ptrdiff_t lda, T *out)
+{
+    ptrdiff_t c = c0;
+    for (; c + CS_VECTORS * VW <= c1; c += CS_VECTORS * VW) {
+        VEC acc[CS_VECTORS];
+        memcpy(acc, out + c, sizeof(acc));
+        for (ptrdiff_t r = r0; r < r1; ++r)
+            for (int v = 0; v < CS_VECTORS; ++v) {
+                VEC x;
+                memcpy(&x, a + r * lda + c + v * VW, sizeof(VEC));
+                acc[v] += x;
+            }
+        memcpy(out + c, acc, sizeof(acc));
+    }
+    for (; c + VW <= c1; c += VW) {
+        VEC acc;
+        memcpy(&acc, out + c, sizeof(VEC));
+        for (ptrdiff_t r = r0; r < r1; ++r) {
+            VEC x;
+            memcpy(&x, a + r * lda + c, sizeof(VEC));
+            acc += x;
+        }
+        memcpy(out + c, &acc, sizeof(VEC));
+    }
+    for (; c < c1; ++c)
+        for (ptrdiff_t r = r0; r < r1; ++r)
+            out[c] += a[r * lda + c];
+}
+#undef CS_VECTORS
+
+/* Rows per block of fastrnn_column_sums: a block's rows come from memory in its first pass
+   and from L1 in the others. */
+#define CS_ROWS 16
+
+FASTRNN_CLONES
+void NAME(fastrnn_column_sums)(ptrdiff_t rows, ptrdiff_t cols, const T *a, ptrdiff_t lda,
+                               T *out)
+{
+    /* The Cython loop this replaces ran at baseline SSE2 (2.4% of an LSTM training step's
+       samples at (100, 16, 128, 128) on two threads). */
+    memset(out, 0, (size_t)cols * sizeof(T));
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += CS_ROWS)
+        NAME(add_row_block)(r0, r0 + CS_ROWS < rows ? r0 + CS_ROWS : rows, 0, cols, a, lda, out);
+}
+#undef CS_ROWS
+
 #define MV 8 /* vectors of one matrix-vector pass: 8 independent FMA chains */
 
 /* One row times M vectors of columns, each vector anywhere in the packed matrix: b[v] is
@@ -388,8 +441,10 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
 static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
     int n, ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda, const T *const *bs,
     const ptrdiff_t *ldbs, T *const *cs, const ptrdiff_t *ldcs, const ptrdiff_t *c0s,
-    const ptrdiff_t *c1s, T *buf)
+    const ptrdiff_t *c1s, T *sums, ptrdiff_t s0, ptrdiff_t s1, T *buf)
 {
+    if (sums && s1 > s0)
+        memset(sums + s0, 0, (size_t)(s1 - s0) * sizeof(T));
     for (int q = 0; K == 0 && q < n; ++q)
         for (ptrdiff_t m = 0; c1s[q] > c0s[q] && m < M; ++m)
             memset(cs[q] + m * ldcs[q] + c0s[q], 0, (size_t)(c1s[q] - c0s[q]) * sizeof(T));
@@ -417,6 +472,11 @@ static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
             for (; m < MK; ++m) /* the last block's rows past M are zero */
                 for (ptrdiff_t k = kb; k < ke; ++k)
                     apack[(m / KS) * KC * KS + k * KS + m % KS] = m < M ? src[k * lda + m] : (T)0;
+            /* A's column sums (bias gradients) from the rows just packed, still in L1: a
+               second pass over A (the gate gradients, larger than L2 at batch 16 and up)
+               ran at memory speed */
+            if (sums)
+                NAME(add_row_block)(kb, ke, s0, s1, src, lda, sums);
         }
         int beta = k0 > 0; /* K chunks add up in a fixed order: deterministic */
         for (int q = 0; q < n; ++q) {
@@ -465,7 +525,7 @@ FASTRNN_CLONES
 void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda, ptrdiff_t N1,
                             const T *b1, ptrdiff_t ldb1, T *c1, ptrdiff_t ldc1, ptrdiff_t N2,
                             const T *b2, ptrdiff_t ldb2, T *c2, ptrdiff_t ldc2, ptrdiff_t p0,
-                            ptrdiff_t p1, T *buf)
+                            ptrdiff_t p1, T *sums, ptrdiff_t s0, ptrdiff_t s1, T *buf)
 {
     const ptrdiff_t P1 = (N1 + PW - 1) / PW; /* C1's panels come first */
     const T *bs[2] = {b1, b2};
@@ -477,49 +537,9 @@ void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,
     c0s[1] = p0 > P1 ? (p0 - P1) * PW : 0;
     c1s[1] = p1 > P1 ? (p1 - P1) * PW : 0;
     c1s[1] = c1s[1] < N2 ? c1s[1] : N2;
-    NAME(gemm_tn_products)(2, M, K, a, lda, bs, ldbs, cs, ldcs, c0s, c1s, buf);
+    NAME(gemm_tn_products)(2, M, K, a, lda, bs, ldbs, cs, ldcs, c0s, c1s, sums, s0, s1, buf);
 }
 
-/* Columns per pass of fastrnn_column_sums: 8 vectors of sums stay in registers over all rows. */
-#define CS_VECTORS 8
-
-FASTRNN_CLONES
-void NAME(fastrnn_column_sums)(ptrdiff_t rows, ptrdiff_t cols, const T *a, ptrdiff_t lda,
-                               T *out)
-{
-    /* Each column sums its rows from 0 in row order, whatever its lane or pass: the numbers
-       of the plain loop, with rows*cols/VW vector adds instead of a load, add and store of
-       out a row (the Cython loop ran at baseline SSE2, 2.4% of an LSTM training step's
-       samples at (100, 16, 128, 128) on two threads). */
-    ptrdiff_t c0 = 0;
-    for (; c0 + CS_VECTORS * VW <= cols; c0 += CS_VECTORS * VW) {
-        VEC acc[CS_VECTORS];
-        for (int v = 0; v < CS_VECTORS; ++v)
-            acc[v] = (VEC){0};
-        for (ptrdiff_t r = 0; r < rows; ++r)
-            for (int v = 0; v < CS_VECTORS; ++v) {
-                VEC x;
-                memcpy(&x, a + r * lda + c0 + v * VW, sizeof(VEC));
-                acc[v] += x;
-            }
-        memcpy(out + c0, acc, sizeof(acc));
-    }
-    for (; c0 + VW <= cols; c0 += VW) {
-        VEC acc = (VEC){0};
-        for (ptrdiff_t r = 0; r < rows; ++r) {
-            VEC x;
-            memcpy(&x, a + r * lda + c0, sizeof(VEC));
-            acc += x;
-        }
-        memcpy(out + c0, &acc, sizeof(VEC));
-    }
-    for (ptrdiff_t k = c0; k < cols; ++k) {
-        T sum = (T)0;
-        for (ptrdiff_t r = 0; r < rows; ++r)
-            sum += a[r * lda + k];
-        out[k] = sum;
-    }
-}
 #undef CS_VECTORS
 
 #undef KB

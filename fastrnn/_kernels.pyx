@@ -176,12 +176,14 @@ cdef extern from "fastrnn_matmul.h" nogil:
                               Py_ssize_t N1, const float *b1, Py_ssize_t ldb1, float *c1,
                               Py_ssize_t ldc1, Py_ssize_t N2, const float *b2,
                               Py_ssize_t ldb2, float *c2, Py_ssize_t ldc2, Py_ssize_t p0,
-                              Py_ssize_t p1, float *buf)
+                              Py_ssize_t p1, float *sums, Py_ssize_t s0, Py_ssize_t s1,
+                              float *buf)
     void fastrnn_gemm_tn2_f64(Py_ssize_t M, Py_ssize_t K, const double *a, Py_ssize_t lda,
                               Py_ssize_t N1, const double *b1, Py_ssize_t ldb1, double *c1,
                               Py_ssize_t ldc1, Py_ssize_t N2, const double *b2,
                               Py_ssize_t ldb2, double *c2, Py_ssize_t ldc2, Py_ssize_t p0,
-                              Py_ssize_t p1, double *buf)
+                              Py_ssize_t p1, double *sums, Py_ssize_t s0, Py_ssize_t s1,
+                              double *buf)
     void fastrnn_column_sums_f32(Py_ssize_t rows, Py_ssize_t cols, const float *a,
                                  Py_ssize_t lda, float *out)
     void fastrnn_column_sums_f64(Py_ssize_t rows, Py_ssize_t cols, const double *a,
@@ -1185,36 +1187,48 @@ cdef inline void tn2_share(Py_ssize_t M, Py_ssize_t K, const floating *a, Py_ssi
                            Py_ssize_t N1, const floating *b1, Py_ssize_t ldb1, floating *c1,
                            Py_ssize_t ldc1, Py_ssize_t N2, const floating *b2,
                            Py_ssize_t ldb2, floating *c2, Py_ssize_t ldc2, int t, int nt,
-                           floating *buf) noexcept nogil:
+                           floating *buf, floating *sums=NULL) noexcept nogil:
     """Thread t's share of C1 = A^T B1 and C2 = A^T B2 together (A^T packed once for both,
     not once a product: A, the gate gradients of every step, is read from memory; N2 = 0
     for one product): a range of rows when there are at least as many rows as columns,
     else of the N1 + N2 columns' panels. Each thread packs its own part of A^T and all of
     B's columns it needs, so the split that duplicates less packing wins: by columns, every
     thread packed all of A^T (LSTM (100, 64, 256, 256) training, dW_ih = dG^T X of
-    (1024 x 6400) x (6400 x 256): backward ran 1.47x faster on 2 threads by rows)."""
+    (1024 x 6400) x (6400 x 256): backward ran 1.47x faster on 2 threads by rows).
+    With sums (M,): also its columns M * t // nt .. of A's column sums (bias gradients),
+    taken as A is packed."""
     cdef Py_ssize_t pw = panel(<floating> 0)
     cdef Py_ssize_t panels = (N1 + pw - 1) // pw + (N2 + pw - 1) // pw
     cdef Py_ssize_t p0 = 0, p1 = panels, m0 = 0, m1 = M
-    if M >= N1 + N2:
-        m0, m1 = M * t // nt, M * (t + 1) // nt
+    cdef Py_ssize_t s0 = M * t // nt, s1 = M * (t + 1) // nt
+    cdef bint by_rows = M >= N1 + N2
+    if by_rows:
+        m0, m1 = s0, s1
     else:
         p0, p1 = panels * t // nt, panels * (t + 1) // nt
-    if m1 <= m0 or p1 <= p0:
+    if m1 <= m0 or p1 <= p0:  # no product here; by panels, maybe this share's sums
+        if sums != NULL and s1 > s0:
+            column_sums(K, s1 - s0, a + s0, lda, sums + s0)
         return
+    # the sums' columns, counted from this call's first column of A
+    if by_rows:
+        s0, s1 = 0, m1 - m0
     if floating is float:
         fastrnn_gemm_tn2_f32(m1 - m0, K, a + m0, lda, N1, b1, ldb1, c1 + m0 * ldc1, ldc1, N2,
-                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1, buf)
+                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1,
+                             sums + m0 if sums != NULL else NULL, s0, s1, buf)
     else:
         fastrnn_gemm_tn2_f64(m1 - m0, K, a + m0, lda, N1, b1, ldb1, c1 + m0 * ldc1, ldc1, N2,
-                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1, buf)
+                             b2, ldb2, c2 + m0 * ldc2, ldc2, p0, p1,
+                             sums + m0 if sums != NULL else NULL, s0, s1, buf)
 
 
 cdef inline void tn_share(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *a,
                           Py_ssize_t lda, const floating *b, Py_ssize_t ldb, floating *c,
-                          Py_ssize_t ldc, int t, int nt, floating *buf) noexcept nogil:
+                          Py_ssize_t ldc, int t, int nt, floating *buf,
+                          floating *sums=NULL) noexcept nogil:
     """Thread t's share of one product C (M, N) = A^T B (see tn2_share)."""
-    tn2_share(M, K, a, lda, N, b, ldb, c, ldc, 0, b, ldb, c, ldc, t, nt, buf)
+    tn2_share(M, K, a, lda, N, b, ldb, c, ldc, 0, b, ldb, c, ldc, t, nt, buf, sums)
 
 
 cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept nogil:
@@ -1226,16 +1240,22 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
     cdef floating *db_ih = <floating *> w.db_ih
     cdef floating *db_hh = <floating *> w.db_hh
     cdef Py_ssize_t g0 = GH * t // nt, g1 = GH * (t + 1) // nt, c1
+    # db_ih = the column sums of dG (this thread's columns g0..g1), with the product
     if w.cell != GRU and w.cell != GRU_B:  # dW_ih = dG^T X, dW_hh = dG^T H_prev together
         tn2_share(GH, SB, dgx, GH, I, <const floating *> w.xc, I, <floating *> w.dw_ih, I, P,
-                  hs, P, <floating *> w.dw_hh, P, t, nt, buf)
+                  hs, P, <floating *> w.dw_hh, P, t, nt, buf, db_ih)
     else:  # dW_ih = dG^T X
         tn_share(GH, I, SB, dgx, GH, <const floating *> w.xc, I, <floating *> w.dw_ih, I, t,
-                 nt, buf)
+                 nt, buf, db_ih)
+    # db_hh = db_ih, but GRU's b_hn: the column sums of d hh_n (below)
+    c1 = min(g1, 2 * H) if w.cell == GRU else g1
+    if c1 > g0:
+        memcpy(db_hh + g0, db_ih + g0, (c1 - g0) * sizeof(floating))
     # dW_hh = dG_h^T H_prev, hs[0:S] being the state before each step
     if w.cell == GRU:  # r, z rows: dG as for W_ih; n rows: d hh_n
         tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
-        tn_share(H, H, SB, dgh, H, hs, H, <floating *> w.dw_hh + 2 * H * H, H, t, nt, buf)
+        tn_share(H, H, SB, dgh, H, hs, H, <floating *> w.dw_hh + 2 * H * H, H, t, nt, buf,
+                 db_hh + 2 * H)
     elif w.cell == GRU_B:  # r, z rows see h_prev; n rows see rh, saved in acts (B2)
         tn_share(2 * H, H, SB, dgx, GH, hs, H, <floating *> w.dw_hh, H, t, nt, buf)
         tn_share(H, H, SB, dgx + 2 * H, GH, <const floating *> w.acts + 3 * H, 4 * H,
@@ -1243,16 +1263,6 @@ cdef void weight_grads(const WGrad *w, floating *buf, int t, int nt) noexcept no
     if w.proj:  # dW_hr = sum over steps of dh^T (o * tanh(c))
         tn_share(P, H, SB, <const floating *> w.dhs, P, <const floating *> w.hraw, H,
                  <floating *> w.dw_hr, H, t, nt, buf)
-    # bias gradients: column sums, this thread's columns
-    if g1 > g0:
-        column_sums(SB, g1 - g0, dgx + g0, GH, db_ih + g0)
-        c1 = min(g1, 2 * H) if w.cell == GRU else g1  # GRU's b_hn comes from d hh_n
-        if c1 > g0:
-            memcpy(db_hh + g0, db_ih + g0, (c1 - g0) * sizeof(floating))
-    # GRU's b_hn: d hh_n, split over its H columns
-    g0, g1 = H * t // nt, H * (t + 1) // nt
-    if w.cell == GRU and g1 > g0:
-        column_sums(SB, g1 - g0, dgh + g0, H, db_hh + 2 * H + g0)
 
 
 cdef struct GradJob:

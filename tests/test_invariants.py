@@ -325,6 +325,58 @@ def test_weight_gradients_shared_by_panels(cell, dtype, threads):
         assert abs(numeric - exact) <= 1e-6 * float(np.sum(np.abs(serial[name] * direction)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize(
+    "cell, inputs, hidden",
+    [
+        # GRU's 3H = 24 rows of dW_ih are fewer than its I = 40 columns: one panel, so from
+        # 2 threads some have no product and take their bias columns alone
+        pytest.param("gru", 40, 8, id="gru-one-panel"),
+        pytest.param("rnn_tanh", 40, 8, id="rnn-two-panels"),
+        # by rows of dW: a thread's columns end inside a vector; 288 columns make passes of
+        # 8 vectors, 1 and a partial one
+        pytest.param("lstm", 20, 33, id="lstm-rows-partial-vector"),
+        pytest.param("lstm", 20, 72, id="lstm-rows-8-vector-passes"),
+    ],
+)
+def test_bias_gradients_taken_with_the_weight_gradients(cell, inputs, hidden, dtype, threads):
+    """The bias gradients (column sums of the gate gradients) are summed while dW's product
+    packs them, over 150 rows (two of its 128-row passes), by each thread for its columns:
+    bit-identical for 1-4 threads, and the 1-thread ones match finite differences in
+    float64."""
+    steps, batch = 50, 3
+    rng = np.random.default_rng(61)
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=61)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    dy = normal(rng, (steps, batch, hidden), dtype)
+
+    def grads():
+        _, _, backward = model.forward_train(x)
+        return backward(dy).params
+
+    threads(1)
+    serial = grads()
+    for n in (2, 3, 4):
+        threads(n)
+        for name, value in grads().items():
+            np.testing.assert_array_equal(value, serial[name], err_msg=f"{name}, {n} threads")
+    if dtype != np.float64:
+        return
+    threads(1)
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        bias = model.parameters()[name]  # the model's own array, perturbed in place
+        direction = rng.standard_normal(bias.shape)
+        saved = bias.copy()
+        losses = []
+        for sign in (1, -1):
+            bias[...] = saved + sign * 1e-6 * direction
+            losses.append(float(np.sum(model(x)[0] * dy)))
+        bias[...] = saved
+        numeric = (losses[0] - losses[1]) / 2e-6
+        exact = float(np.sum(serial[name] * direction))
+        assert abs(numeric - exact) <= 1e-6 * float(np.sum(np.abs(serial[name] * direction)))
+
+
 @pytest.fixture
 def unit_threads():
     """Set the thread count for one test (restored after), with both cut-offs at zero so that
