@@ -99,7 +99,7 @@ void NAME(fastrnn_pack_cols)(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c
                 ptrdiff_t end = (j0 / PW + 1) * PW < c1 ? (j0 / PW + 1) * PW : c1;
                 T *dst = packed + j0 / PW * K * PW + k * PW + j0 % PW;
                 /* a whole panel row with a constant size, so that the copy is inlined (a
-                   libc call for every 256 bytes made this pack 3x slower than its traffic) */
+                   libc call for every 256 bytes: 37 against 33 us for 1 MiB) */
                 if (end - j0 == PW)
                     memcpy(dst, w + k * ldw + j0, PW * sizeof(T));
                 else
@@ -539,8 +539,6 @@ void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,
     c1s[1] = c1s[1] < N2 ? c1s[1] : N2;
     NAME(gemm_tn_products)(2, M, K, a, lda, bs, ldbs, cs, ldcs, c0s, c1s, sums, s0, s1, buf);
 }
-
-#undef CS_VECTORS
 
 #undef KB
 #undef KC

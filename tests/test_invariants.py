@@ -284,19 +284,10 @@ def test_results_do_not_depend_on_thread_count(cell, dtype, lens, threads):
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_weight_gradients_shared_by_panels(cell, dtype, threads):
-    """dW_ih and dW_hh come from one pass over the gate gradients, shared among threads by
-    rows of dW or by column panels of the two products in a row (an RNN's H rows are fewer
-    than I + H columns; I = 100 and H = 130 give each product several panels, so a thread's
-    panels start inside the second product): every gradient is bit-identical for 1-4
-    threads, and the 1-thread ones match finite differences in float64."""
-    steps, batch, inputs, hidden = 4, 3, 100, 130
-    rng = np.random.default_rng(53)
-    model = make_model(cell, inputs, hidden, dtype=dtype, seed=53)
-    x = normal(rng, (steps, batch, inputs), dtype)
-    dy = normal(rng, (steps, batch, hidden), dtype)
+def check_gradients_across_threads(model, x, dy, dtype, threads, rng, checked):
+    """Every parameter gradient of one training step is bit-identical for 1-4 threads, and
+    in float64 the 1-thread gradients of the parameters `checked` match central finite
+    differences along a random direction."""
 
     def grads():
         _, _, backward = model.forward_train(x)
@@ -311,18 +302,36 @@ def test_weight_gradients_shared_by_panels(cell, dtype, threads):
     if dtype != np.float64:
         return
     threads(1)
-    for name in ("weight_ih_l0", "weight_hh_l0"):
-        weight = model.parameters()[name]  # the model's own array, perturbed in place
-        direction = rng.standard_normal(weight.shape)
-        saved = weight.copy()
+    for name in checked:
+        param = model.parameters()[name]  # the model's own array, perturbed in place
+        direction = rng.standard_normal(param.shape)
+        saved = param.copy()
         losses = []
         for sign in (1, -1):
-            weight[...] = saved + sign * 1e-6 * direction
+            param[...] = saved + sign * 1e-6 * direction
             losses.append(float(np.sum(model(x)[0] * dy)))
-        weight[...] = saved
+        param[...] = saved
         numeric = (losses[0] - losses[1]) / 2e-6
         exact = float(np.sum(serial[name] * direction))
         assert abs(numeric - exact) <= 1e-6 * float(np.sum(np.abs(serial[name] * direction)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_weight_gradients_shared_by_panels(cell, dtype, threads):
+    """dW_ih and dW_hh come from one pass over the gate gradients, shared among threads by
+    rows of dW or by column panels of the two products in a row (an RNN's H rows are fewer
+    than I + H columns; I = 100 and H = 130 give each product several panels, so a thread's
+    panels start inside the second product): every gradient is bit-identical for 1-4
+    threads, and the 1-thread ones match finite differences in float64."""
+    steps, batch, inputs, hidden = 4, 3, 100, 130
+    rng = np.random.default_rng(53)
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=53)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    dy = normal(rng, (steps, batch, hidden), dtype)
+    check_gradients_across_threads(
+        model, x, dy, dtype, threads, rng, ("weight_ih_l0", "weight_hh_l0")
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -349,32 +358,7 @@ def test_bias_gradients_taken_with_the_weight_gradients(cell, inputs, hidden, dt
     model = make_model(cell, inputs, hidden, dtype=dtype, seed=61)
     x = normal(rng, (steps, batch, inputs), dtype)
     dy = normal(rng, (steps, batch, hidden), dtype)
-
-    def grads():
-        _, _, backward = model.forward_train(x)
-        return backward(dy).params
-
-    threads(1)
-    serial = grads()
-    for n in (2, 3, 4):
-        threads(n)
-        for name, value in grads().items():
-            np.testing.assert_array_equal(value, serial[name], err_msg=f"{name}, {n} threads")
-    if dtype != np.float64:
-        return
-    threads(1)
-    for name in ("bias_ih_l0", "bias_hh_l0"):
-        bias = model.parameters()[name]  # the model's own array, perturbed in place
-        direction = rng.standard_normal(bias.shape)
-        saved = bias.copy()
-        losses = []
-        for sign in (1, -1):
-            bias[...] = saved + sign * 1e-6 * direction
-            losses.append(float(np.sum(model(x)[0] * dy)))
-        bias[...] = saved
-        numeric = (losses[0] - losses[1]) / 2e-6
-        exact = float(np.sum(serial[name] * direction))
-        assert abs(numeric - exact) <= 1e-6 * float(np.sum(np.abs(serial[name] * direction)))
+    check_gradients_across_threads(model, x, dy, dtype, threads, rng, ("bias_ih_l0", "bias_hh_l0"))
 
 
 @pytest.fixture
