@@ -1,0 +1,171 @@
+/*
+ * compute_floor.c -- the machine's multiply-add floor under each case of bench/compare.py's
+ * grid: the register-only FMA rate (one thread, and two threads at once), the rate of
+ * fastrnn's own product tile (fastrnn_small_gemm_f32, every product of a step at batch > 1
+ * and of a whole sequence) with its operands in cache, and what every grid case's
+ * multiply-adds alone would take at each. A speed target whose time is below the FMA-rate
+ * floor is out of reach on this machine whatever the code; the notes on the speed issue
+ * compare the targets with these floors (batch-1 steps are bound by streaming W_hh instead:
+ * bench/stream_floor.c).
+ *
+ * Multiply-adds counted: inference T*B*G*H*(I+H) (input projection and recurrent product);
+ * a training step three times that (forward; dX with dh; dW_ih with dW_hh), as
+ * bench/_bench_common.gemm_flops counts them (there in flops, twice these).
+ *
+ * Build and run from the project root (-O3 -fno-trapping-math as setup.py builds the kernels):
+ *   gcc -O3 -fno-trapping-math -std=gnu11 -pthread -Icsrc -o /tmp/compute_floor \
+ *       bench/compute_floor.c csrc/matmul.c && /tmp/compute_floor
+ * Every rate is the best of 7 rounds (or of the rounds given as the one argument: the tests
+ * run 1); run it on a quiet machine.
+ */
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "fastrnn_matmul.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+#define CHAINS 12 /* independent FMA chains: more than latency x FMA ports on any x86-64 core */
+static int rounds = 7;
+
+/* Multiply-adds per second of CHAINS independent vector FMA chains, in registers (named
+   variables: GCC keeps an array of vectors on the stack). The empty asm keeps every
+   accumulator live in a register through each iteration. */
+#define FMA_LOOP(NAME, TARGET, LANES)                                                        \
+    __attribute__((target(TARGET))) static double NAME(long iterations)                      \
+    {                                                                                        \
+        typedef float vec __attribute__((vector_size(LANES * sizeof(float))));              \
+        vec a, b;                                                                            \
+        for (int l = 0; l < LANES; ++l)                                                      \
+            a[l] = 0.999f, b[l] = 1e-3f;                                                     \
+        vec c0 = a, c1 = a, c2 = a, c3 = a, c4 = a, c5 = a, c6 = a, c7 = a, c8 = a, c9 = a,  \
+            c10 = a, c11 = a;                                                                \
+        double t0 = now();                                                                   \
+        for (long i = 0; i < iterations; ++i) {                                              \
+            c0 = c0 * a + b, c1 = c1 * a + b, c2 = c2 * a + b, c3 = c3 * a + b;              \
+            c4 = c4 * a + b, c5 = c5 * a + b, c6 = c6 * a + b, c7 = c7 * a + b;              \
+            c8 = c8 * a + b, c9 = c9 * a + b, c10 = c10 * a + b, c11 = c11 * a + b;          \
+            __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4),          \
+                             "+v"(c5), "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10),    \
+                             "+v"(c11));                                                     \
+        }                                                                                    \
+        double t = now() - t0;                                                               \
+        volatile float sink = (c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11)[0]; \
+        (void)sink;                                                                          \
+        return (double)iterations * CHAINS * LANES / t;                                      \
+    }
+
+FMA_LOOP(fma_rate_avx512, "arch=x86-64-v4", 16)
+FMA_LOOP(fma_rate_avx2, "arch=x86-64-v3", 8)
+
+typedef struct {
+    double best; /* multiply-adds per second */
+} FmaShare;
+
+static void *run_fma(void *arg)
+{
+    FmaShare *s = arg;
+    __builtin_cpu_init();
+    int wide = __builtin_cpu_supports("avx512f");
+    s->best = 0;
+    for (int round = 0; round < rounds; ++round) {
+        double r = wide ? fma_rate_avx512(20000000) : fma_rate_avx2(40000000);
+        s->best = r > s->best ? r : s->best;
+    }
+    return NULL;
+}
+
+/* fastrnn_small_gemm_f32's multiply-adds per second at (n x K) @ (K x N), accumulating into
+   C as a step's product does, every operand in cache. */
+static double tile_rate(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N)
+{
+    size_t elems = (size_t)fastrnn_packed_size_f32(K, N);
+    float *w = malloc((size_t)K * N * sizeof(float));
+    float *packed = aligned_alloc(64, (elems * sizeof(float) + 63) / 64 * 64);
+    float *a = aligned_alloc(64, ((size_t)n * K * sizeof(float) + 63) / 64 * 64);
+    float *c = aligned_alloc(64, ((size_t)n * N * sizeof(float) + 63) / 64 * 64);
+    for (ptrdiff_t e = 0; e < K * N; ++e)
+        w[e] = 1e-3f * (float)((int)(e % 7) - 3);
+    for (ptrdiff_t e = 0; e < n * K; ++e)
+        a[e] = 0.01f * (float)(e % 13);
+    for (ptrdiff_t e = 0; e < n * N; ++e)
+        c[e] = 0.0f;
+    fastrnn_pack_f32(K, N, 1, w, K, packed); /* w is (N, K): W^T packed, as for W_hh^T */
+    long calls = (long)(2e9 / ((double)n * K * N)) + 1;
+    double best = 0;
+    for (int round = 0; round < rounds; ++round) {
+        double t0 = now();
+        for (long i = 0; i < calls; ++i)
+            fastrnn_small_gemm_f32(n, N, K, a, K, packed, K * FASTRNN_PANEL_F32, 1, c, N,
+                                   (int)(i & 1));
+        double r = (double)calls * n * K * N / (now() - t0);
+        best = r > best ? r : best;
+    }
+    free(w);
+    free(packed);
+    free(a);
+    free(c);
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && (rounds = atoi(argv[1])) < 1) {
+        fprintf(stderr, "usage: %s [rounds >= 1]\n", argv[0]);
+        return 2;
+    }
+    FmaShare one, two[2];
+    run_fma(&one);
+    pthread_t other;
+    pthread_create(&other, NULL, run_fma, &two[1]);
+    run_fma(&two[0]);
+    pthread_join(other, NULL);
+    double peak1 = one.best, peak2 = two[0].best + two[1].best;
+    printf("register-only FMA rate: 1 thread %.1f G multiply-adds/s; 2 threads at once "
+           "%.1f + %.1f = %.1f\n",
+           peak1 * 1e-9, two[0].best * 1e-9, two[1].best * 1e-9, peak2 * 1e-9);
+
+    static const ptrdiff_t tiles[][3] = {
+        {6, 128, 512}, {16, 128, 512}, {64, 256, 1024}, {64, 512, 2048}, {192, 256, 1024},
+    };
+    double tile_best = 0;
+    printf("fastrnn_small_gemm_f32 in cache (n x K @ K x N, accumulating):\n");
+    for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; ++i) {
+        double r = tile_rate(tiles[i][0], tiles[i][1], tiles[i][2]);
+        tile_best = r > tile_best ? r : tile_best;
+        printf("  (%3td x %3td) @ (%3td x %4td): %.1f G multiply-adds/s, %.0f%% of the FMA "
+               "rate\n",
+               tiles[i][0], tiles[i][1], tiles[i][1], tiles[i][2], r * 1e-9, 100 * r / peak1);
+    }
+
+    static const struct { int T, B, I, H; } grid[] = {
+        {100, 1, 64, 64},   {100, 1, 256, 256}, {100, 16, 128, 128}, {100, 64, 256, 256},
+        {50, 64, 512, 512}, {200, 32, 128, 256}, {1000, 1, 32, 32},
+    };
+    static const struct { const char *name; int G; } cells[] = {{"rnn", 1}, {"lstm", 4}, {"gru", 3}};
+    printf("\nmultiply-adds alone, ms: at the FMA rate (1 thread / 2 threads) and at the best "
+           "tile rate above (1 thread)\n");
+    printf("%-5s %-16s %10s %19s %19s\n", "cell", "T,B,I,H", "M mul-add", "inference",
+           "training step");
+    for (size_t c = 0; c < sizeof cells / sizeof cells[0]; ++c)
+        for (size_t g = 0; g < sizeof grid / sizeof grid[0]; ++g) {
+            double macs = (double)grid[g].T * grid[g].B * cells[c].G * grid[g].H *
+                          (grid[g].I + grid[g].H);
+            char shape[32];
+            snprintf(shape, sizeof shape, "%d,%d,%d,%d", grid[g].T, grid[g].B, grid[g].I,
+                     grid[g].H);
+            printf("%-5s %-16s %10.1f   %5.2f/%5.2f (%5.2f)   %5.2f/%5.2f (%5.2f)\n",
+                   cells[c].name, shape, macs * 1e-6, macs / peak1 * 1e3, macs / peak2 * 1e3,
+                   macs / tile_best * 1e3, 3 * macs / peak1 * 1e3, 3 * macs / peak2 * 1e3,
+                   3 * macs / tile_best * 1e3);
+        }
+    return 0;
+}

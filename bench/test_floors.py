@@ -1,0 +1,74 @@
+"""The C floor benchmarks build and count what the harness counts (one quick round: their
+rates are for a quiet machine, by hand)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import _bench_common as common
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPILER = shutil.which("gcc")
+# -O0: these tests check what the programs count, not their rates, and an -O3 build of
+# csrc/matmul.c (every tile shape, cloned for three targets) takes two minutes
+FLAGS = ["-O0", "-fno-trapping-math", "-std=gnu11", "-pthread", "-I", str(ROOT / "csrc")]
+# cell, T,B,I,H, M multiply-adds, then inference and training: 1 thread / 2 threads (tile)
+ROW = re.compile(
+    r"^(rnn|lstm|gru)\s+(\d+),(\d+),(\d+),(\d+)\s+([\d.]+)\s+"
+    r"([\d.]+)/\s*([\d.]+) \(\s*([\d.]+)\)\s+([\d.]+)/\s*([\d.]+) \(\s*([\d.]+)\)$"
+)
+
+
+def build(tmp_path, source: str, *others: str) -> Path:
+    if COMPILER is None:
+        pytest.skip("no gcc to build the C benchmarks")
+    exe = tmp_path / Path(source).stem
+    sources = [str(ROOT / source), *(str(ROOT / o) for o in others)]
+    subprocess.run([COMPILER, *FLAGS, "-o", str(exe), *sources, "-lm"], check=True)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def compute_floor(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("floor"), "bench/compute_floor.c", "csrc/matmul.c")
+
+
+def test_compute_floor_counts_the_harness_multiply_adds(compute_floor):
+    """Every grid case's multiply-adds are half the harness's GEMM flops (inference; training
+    three times them), and each floor is those multiply-adds at the printed rates."""
+    run = [str(compute_floor), "1"]
+    out = subprocess.run(run, check=True, capture_output=True, text=True).stdout
+    fma = re.search(r"1 thread ([\d.]+) G .*at once ([\d.]+) \+ ([\d.]+) = ([\d.]+)", out)
+    one, first, second, both = map(float, fma.groups())
+    assert one > 0 and both == pytest.approx(first + second, abs=0.11)
+    tile = max(float(r) for r in re.findall(r": ([\d.]+) G multiply-adds/s", out))
+    rows = [ROW.match(line) for line in out.splitlines()]
+    rows = [m.groups() for m in rows if m]
+    assert {(r[0], tuple(map(int, r[1:5]))) for r in rows} == {
+        (cell, shape) for cell in common.CELLS for shape in common.GRID
+    }
+    for cell, *numbers in rows:
+        shape, macs, floors = tuple(map(int, numbers[:4])), numbers[4], numbers[5:]
+        expected = common.gemm_flops(cell, shape, "inference") / 2
+        assert float(macs) * 1e6 == pytest.approx(expected, rel=1e-3, abs=0.06e6)
+        inf1, inf2, inf_tile, tr1, tr2, tr_tile = map(float, floors)
+        ms = expected / 1e6  # M multiply-adds at G/s = ms
+        for got, rate in ((inf1, one), (inf2, both), (inf_tile, tile)):
+            assert got == pytest.approx(ms / rate, rel=0.02, abs=0.006)
+        for got, rate in ((tr1, one), (tr2, both), (tr_tile, tile)):
+            assert got == pytest.approx(3 * ms / rate, rel=0.02, abs=0.006)
+
+
+def test_compute_floor_rejects_a_bad_round_count(compute_floor):
+    bad = subprocess.run([str(compute_floor), "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_stream_floor_builds(tmp_path):
+    """The batch-1 floor benchmark still builds against the kernels' headers (it runs for
+    seconds, so it is only built here)."""
+    assert build(tmp_path, "bench/stream_floor.c", "csrc/matmul.c", "csrc/threads.c").exists()
