@@ -380,6 +380,10 @@ UNIT_SPLIT_CASES = [  # (batch, hidden, lengths or None); steps = 11
     pytest.param(1, 40, None, id="B1-H40-partial-vector"),
     pytest.param(1, 72, [9], id="B1-H72-length-9-of-11"),
     pytest.param(1, 33, [0], id="B1-H33-length-0"),
+    # whole vectors a gate in float32 too (H a multiple of 16), each thread's units in one
+    # pass of the product's 8 vectors or in several
+    pytest.param(1, 48, None, id="B1-H48-whole-vectors"),
+    pytest.param(1, 144, [7], id="B1-H144-whole-vectors-length-7"),
     # a few rows that all run every step share their steps by units too
     pytest.param(2, 40, None, id="B2-H40"),
     pytest.param(3, 72, [11, 11, 11], id="B3-H72-full-lengths"),
