@@ -2,8 +2,8 @@
  * compute_floor.c -- the machine's multiply-add floor under each case of bench/compare.py's
  * grid: the register-only FMA rate (one thread, and two threads at once), the rate of
  * fastrnn's own product tile (fastrnn_small_gemm_f32, every product of a step at batch > 1
- * and of a whole sequence) with its operands in cache, and what every grid case's
- * multiply-adds alone would take at each. A speed target whose time is below the FMA-rate
+ * and of a whole sequence) with its operands in cache where they fit, and what every grid
+ * case's multiply-adds alone would take at each. A speed target whose time is below the FMA-rate
  * floor is out of reach on this machine whatever the code; the notes on the speed issue
  * compare the targets with these floors (batch-1 steps are bound by streaming W_hh instead:
  * bench/stream_floor.c).
@@ -36,9 +36,21 @@ static double now(void)
 #define CHAINS 12 /* independent FMA chains: more than latency x FMA ports on any x86-64 core */
 static int rounds = 7;
 
+/* The empty asm that keeps every accumulator in a vector register through each iteration
+   (the register constraint is the architecture's: "v" on x86, "w" on AArch64) */
+#if defined(__x86_64__) || defined(__i386__)
+#define IN_REGISTERS(...) __asm__ volatile("" : __VA_ARGS__)
+#define VREG "+v"
+#elif defined(__aarch64__)
+#define IN_REGISTERS(...) __asm__ volatile("" : __VA_ARGS__)
+#define VREG "+w"
+#else
+#define IN_REGISTERS(...) /* the sum below still keeps the loop */
+#define VREG
+#endif
+
 /* Multiply-adds per second of CHAINS independent vector FMA chains, in registers (named
-   variables: GCC keeps an array of vectors on the stack). The empty asm keeps every
-   accumulator live in a register through each iteration. */
+   variables: GCC keeps an array of vectors on the stack). */
 #define FMA_LOOP(NAME, LANES, ...)                                                            \
     __VA_ARGS__ static double NAME(long iterations)                                          \
     {                                                                                        \
@@ -53,9 +65,8 @@ static int rounds = 7;
             c0 = c0 * a + b, c1 = c1 * a + b, c2 = c2 * a + b, c3 = c3 * a + b;              \
             c4 = c4 * a + b, c5 = c5 * a + b, c6 = c6 * a + b, c7 = c7 * a + b;              \
             c8 = c8 * a + b, c9 = c9 * a + b, c10 = c10 * a + b, c11 = c11 * a + b;          \
-            __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4),          \
-                             "+v"(c5), "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10),    \
-                             "+v"(c11));                                                     \
+            IN_REGISTERS(VREG(c0), VREG(c1), VREG(c2), VREG(c3), VREG(c4), VREG(c5),         \
+                         VREG(c6), VREG(c7), VREG(c8), VREG(c9), VREG(c10), VREG(c11));      \
         }                                                                                    \
         double t = now() - t0;                                                               \
         volatile float sink = (c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11)[0]; \
