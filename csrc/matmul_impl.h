@@ -178,6 +178,18 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     }
 }
 
+/* Every cache line of the row a (K elements) asked for at once, before a one-row product
+   reads it an element at a time. When threads share a step by units, half the row was
+   written by the other core on the step before: read in order, its lines missed one or two
+   at a time (the loop reaches a line only after the FMAs of the last), where prefetched
+   they cross together. (100, 1, 256, 256), 2 threads, one process, new / old, medians of 8
+   rounds: LSTM inference 0.989, training step 0.984; GRU 0.982 / 0.993; RNN training 0.961. */
+static inline __attribute__((always_inline)) void NAME(prefetch_row)(ptrdiff_t K, const T *a)
+{
+    for (ptrdiff_t k = 0; k < K; k += 64 / (ptrdiff_t)sizeof(T))
+        __builtin_prefetch(a + k, 0, 3);
+}
+
 /* Rows of the next tile when `left` rows remain: 6 (24 accumulators), except that 7-9
    rows go as 4 + 3..5 rather than 6 + 1..3, whose thin last tile loads a vector of B for
    every one or two FMAs. */
@@ -252,6 +264,8 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
                                    ptrdiff_t panel_stride, int beta, const T *bias, T *c,
                                    ptrdiff_t ldc, int reverse)
 {
+    if (n == 1) /* a step's row shared by units, as in fastrnn_matvec_ranges */
+        NAME(prefetch_row)(K, a);
     NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c, 0, ldc,
                       reverse);
 }
@@ -381,6 +395,7 @@ void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_
     T *out[MV];
     ptrdiff_t lo[MV], hi[MV];
     int m = 0;
+    NAME(prefetch_row)(K, a);
     for (int n = 0; n < ranges; ++n) {
         const int i = reverse ? ranges - 1 - n : n;
         if (c1[i] <= c0[i])
