@@ -126,10 +126,12 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
    the accumulators live in registers. Row r reads a[r][k * ks] (ks = 1: a row of A; ks = lda:
    a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns
    exist. B is a packed panel, row stride PW. Each column's sum is then stored plus C
-   (beta), plus bias[col] (a row added to every row of C, when bias is not NULL), or alone. */
+   (beta), plus bias[col] (a row added to every row of C, when bias is not NULL), or alone.
+   The first pfn steps of k also ask for line k after pf (see gemm_blocks); pfn = 0 for none. */
 static inline __attribute__((always_inline)) void NAME(tile)(
     const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
-    const T *restrict b, int beta, const T *bias, T *const *c, ptrdiff_t col0, ptrdiff_t width)
+    const T *restrict b, int beta, const T *bias, T *const *c, ptrdiff_t col0, ptrdiff_t width,
+    const char *pf, ptrdiff_t pfn)
 {
     VEC acc[6][4];
     for (int r = 0; r < R; ++r)
@@ -137,6 +139,8 @@ static inline __attribute__((always_inline)) void NAME(tile)(
             acc[r][v] = (VEC){0};
     for (ptrdiff_t k = 0; k < K; ++k) {
         VEC w[4];
+        if (k < pfn) /* (GCC splits the loop here: the steps past pfn test nothing) */
+            __builtin_prefetch(pf + 64 * k, 0, 2);
         for (int v = 0; v < C; ++v) {
             /* Each vector of B loaded once into a register for all R rows. Left to itself,
                GCC folds the load into every row's FMA when the broadcasts have more uses
@@ -198,12 +202,13 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
     return left <= 6 ? left : left <= 9 ? 4 : 6;
 }
 
+#define TILE_ARGS K, arow, KS, panel, beta, bias, crow, col0, width, pf, pfn
 #define TILE_CASE(R)                                                                          \
     switch (cv) {                                                                             \
-    case 4: NAME(tile)(R, 4, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
-    case 3: NAME(tile)(R, 3, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
-    case 2: NAME(tile)(R, 2, K, arow, KS, panel, beta, bias, crow, col0, width); break;       \
-    default: NAME(tile)(R, 1, K, arow, KS, panel, beta, bias, crow, col0, width); break;      \
+    case 4: NAME(tile)(R, 4, TILE_ARGS); break;                                               \
+    case 3: NAME(tile)(R, 3, TILE_ARGS); break;                                               \
+    case 2: NAME(tile)(R, 2, TILE_ARGS); break;                                               \
+    default: NAME(tile)(R, 1, TILE_ARGS); break;                                              \
     }
 
 /* A tile of R (1..6, run time) rows: R made a constant for the tile's registers */
@@ -220,6 +225,10 @@ static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t
 #define KS 1 /* A read along its rows */
 #define MB 192 /* rows of A per block: 192 x K x 4 bytes stays in L2 for K <= 1024 */
 
+/* Bytes of packed B from which a product fetches each panel ahead (below): more than half
+   of the 2 MiB L2 a core has on the project's Xeons, and more than all of it on many CPUs. */
+#define PREFETCH_PANELS_FROM ((ptrdiff_t)1 << 20)
+
 /* Rows are `blocks` blocks of `rows` rows: row i of block s is at a + s * a_block + i * lda
    (and likewise in C). A panel of B stays in cache while every row passes over it.
    Columns c0..c1-1 of C only: a tile then covers the part of a panel inside the range,
@@ -232,6 +241,17 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
 {
     const ptrdiff_t n = blocks * rows;
     const ptrdiff_t first = c0 / PW, last = c1 > c0 ? (c1 - 1) / PW : first - 1;
+    /* A B larger than L2 comes from L3 a panel at a time, and the first tile of a panel
+       waited for it: the prefetchers do not cross into the next panel. So when B is large,
+       the tiles of each panel also fetch the next panel into L2, a line a step of k, over
+       as many tiles as that takes (4 tiles at K lines each: a panel row is 4 lines).
+       Measured, one process, new / old, medians of 8 rounds (2-core Xeon, 2 MiB L2, 1
+       thread): LSTM (50, 64, 512, 512) inference 0.933 (W_hh^T and W_ih^T 4 MiB each),
+       2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929; with B within L2 it
+       made no difference we could measure, and it is left off there (LSTM (100, 64, 256,
+       256) and (200, 32, 128, 256), 1 MiB, tried: 0.984 and 1.012). */
+    const int fetch_ahead = (last - first + 1) * panel_stride * (ptrdiff_t)sizeof(T) >
+                            PREFETCH_PANELS_FROM;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
        it (panel-major order over all rows re-read A once per panel: the input projection
        of (T, B, I) = (100, 64, 256) ran at half the GEMM rate). */
@@ -244,9 +264,18 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
         int cv = (int)((width + VW - 1) / VW);
         const T *panel = packed + col0 / PW * panel_stride + col0 % PW;
         ptrdiff_t rend = rb + MB < n ? rb + MB : n;
+        /* the panel visited next: its K rows, K * PW * sizeof(T) / 64 lines */
+        const ptrdiff_t lines =
+            fetch_ahead && i < last - first ? K * PW * (ptrdiff_t)sizeof(T) / 64 : 0;
+        const char *next =
+            lines ? (const char *)(packed + (reverse ? p - 1 : p + 1) * panel_stride) : NULL;
+        ptrdiff_t fetched = 0;
         for (ptrdiff_t r0 = rb, R; r0 < rend; r0 += R) { /* 6 x 4 vectors: 24 accumulators */
             const T *arow[6];
             T *crow[6];
+            const char *pf = next + 64 * fetched;
+            const ptrdiff_t pfn = lines - fetched < K ? lines - fetched : K;
+            fetched += pfn;
             R = NAME(tile_rows)(rend - r0);
             for (int r = 0; r < R; ++r) {
                 ptrdiff_t s = (r0 + r) / rows, i = (r0 + r) % rows;
@@ -437,6 +466,7 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                       c, c_block, ldc, 0);
 }
 
+#undef PREFETCH_PANELS_FROM
 #undef MB
 #undef KS
 #define KS 6 /* A^T rows packed 6 at a time, interleaved: [m / 6][k][m % 6], one tile each */
@@ -529,6 +559,8 @@ static inline __attribute__((always_inline)) void NAME(gemm_tn_products)(
                         for (ptrdiff_t u = 0; u < width; u += 64 / (ptrdiff_t)sizeof(T))
                             __builtin_prefetch(c + m * ldc + p0 + u, 1, 3);
                     ptrdiff_t K = kn;
+                    const char *pf = NULL; /* (B's panel is packed here, in cache) */
+                    const ptrdiff_t pfn = 0;
                     TILE_ROWS
                 }
             }
@@ -560,6 +592,7 @@ void NAME(fastrnn_gemm_tn2)(ptrdiff_t M, ptrdiff_t K, const T *a, ptrdiff_t lda,
 #undef KS
 #undef TILE_ROWS
 #undef TILE_CASE
+#undef TILE_ARGS
 #undef PW
 #undef VEC
 #undef NAME

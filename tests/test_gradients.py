@@ -355,9 +355,9 @@ def test_backward_without_dy(cell):
 
 
 # Larger problems, where every element's FD would be too slow: one random direction per
-# array. The kernels' own products run over several column panels at these widths, and
-# over two blocks of rows past 192 rows. The FD error measured here is below 2e-10 of
-# sum|g * v|.
+# array. The kernels' own products run over several column panels at these widths, over
+# two blocks of rows past 192 rows, and fetch each panel ahead past 1 MiB of packed
+# weights (H = 272). The FD error measured here is below 2e-10 of sum|g * v|.
 DIRECTIONAL_RTOL = 1e-8
 LARGE = [
     pytest.param(dict(T=5, B=16, I=6, H=40), id="B16-H40"),
@@ -365,6 +365,7 @@ LARGE = [
     pytest.param(dict(T=4, B=20, I=5, H=70), id="B20-H70"),
     pytest.param(dict(T=3, B=200, I=4, H=20), id="rowblocks-B200-H20"),
     pytest.param(dict(T=5, B=1, I=3, H=16), id="fused-B1-H16"),
+    pytest.param(dict(T=3, B=7, I=272, H=272), id="prefetch-B7-H272"),
 ]
 
 

@@ -32,6 +32,9 @@ SHAPES = [
     pytest.param((9, 1, 6, 37), id="T9-B1-I6-H37"),
     # past 192 rows the own kernels' products run in two blocks of rows
     pytest.param((3, 200, 4, 9), id="T3-B200-I4-H9"),
+    # packed weights past 1 MiB (W_ih^T and W_hh^T 1.2 MiB in float32): the tiles of each
+    # panel also fetch the next one, either way round, and the last panel is partial
+    pytest.param((4, 7, 272, 272), id="T4-B7-I272-H272"),
 ]
 LENGTHS = [None, "mixed", "full", "zeros"]
 
