@@ -245,11 +245,14 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
        waited for it: the prefetchers do not cross into the next panel. So when B is large,
        the tiles of each panel also fetch the next panel into L2, a line a step of k, over
        as many tiles as that takes (4 tiles at K lines each: a panel row is 4 lines).
-       Measured, one process, new / old, medians of 8 rounds (2-core Xeon, 2 MiB L2, 1
+       Measured, one process, new / old, medians of 6-8 rounds (2-core Xeon, 2 MiB L2, 1
        thread): LSTM (50, 64, 512, 512) inference 0.933 (W_hh^T and W_ih^T 4 MiB each),
-       2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929; with B within L2 it
-       made no difference we could measure, and it is left off there (LSTM (100, 64, 256,
-       256) and (200, 32, 128, 256), 1 MiB, tried: 0.984 and 1.012). */
+       2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929. With B in L2 it
+       costs instead: fetching ahead from 1 MiB on, LSTM (100, 64, 256, 256) inference ran
+       1.027 (2 threads 1.062) and (200, 32, 128, 256) 1.098; hence the strict bound. Nor
+       did threads that share a step by units gain from it at H = 512, where each reads a
+       quarter of every gate's panels (0.999-1.011), so the rule looks at the call's own
+       columns. */
     const int fetch_ahead = (last - first + 1) * panel_stride * (ptrdiff_t)sizeof(T) >
                             PREFETCH_PANELS_FROM;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
