@@ -250,9 +250,9 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
        2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929. With B in L2 it
        costs instead: fetching ahead from 1 MiB on, LSTM (100, 64, 256, 256) inference ran
        1.027 (2 threads 1.062) and (200, 32, 128, 256) 1.098; hence the strict bound. Nor
-       did threads that share a step by units gain from it at H = 512, where each reads a
-       quarter of every gate's panels (0.999-1.011), so the rule looks at the call's own
-       columns. */
+       did threads that share a step by units gain from it at H = 512, where each reads
+       half of every gate's panels, a call a gate (0.999-1.011 with the rule on the whole
+       matrix), so the rule looks at the call's own columns. */
     const int fetch_ahead = (last - first + 1) * panel_stride * (ptrdiff_t)sizeof(T) >
                             PREFETCH_PANELS_FROM;
     /* Rows in blocks of MB: a block of A stays in L2 while every panel of B passes over
