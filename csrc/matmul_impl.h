@@ -276,7 +276,7 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
         for (ptrdiff_t r0 = rb, R; r0 < rend; r0 += R) { /* 6 x 4 vectors: 24 accumulators */
             const T *arow[6];
             T *crow[6];
-            const char *pf = next + 64 * fetched;
+            const char *pf = next ? next + 64 * fetched : NULL;
             const ptrdiff_t pfn = lines - fetched < K ? lines - fetched : K;
             fetched += pfn;
             R = NAME(tile_rows)(rend - r0);
