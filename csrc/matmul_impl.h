@@ -137,27 +137,49 @@ static inline __attribute__((always_inline)) void NAME(tile)(
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < C; ++v)
             acc[r][v] = (VEC){0};
-    for (ptrdiff_t k = 0; k < K; ++k) {
-        VEC w[4];
-        if (k < pfn) /* (GCC splits the loop here: the steps past pfn test nothing) */
-            __builtin_prefetch(pf + 64 * k, 0, 2);
-        for (int v = 0; v < C; ++v) {
-            /* Each vector of B loaded once into a register for all R rows. Left to itself,
-               GCC folds the load into every row's FMA when the broadcasts have more uses
-               (R < C): R loads of B a vector, and the 3-row tile ran at 45 instead of 55 G
-               multiply-adds/s (2 rows: 43 -> 49). A volatile load cannot be repeated. One
-               row uses each vector once: folding is right there. */
-            if (R > 1)
-                w[v] = *(const volatile VEC *)(b + k * PW + v * VW);
-            else
-                memcpy(&w[v], b + k * PW + v * VW, sizeof(VEC));
-        }
-        for (int r = 0; r < R; ++r) {
-            const T x = a[r][k * ks]; /* broadcast by the vector product */
-            for (int v = 0; v < C; ++v)
-                acc[r][v] += x * w[v];
-        }
+    /* One step of k: every vector of the row of B times every row's element of A. */
+#define TILE_STEP                                                                             \
+    {                                                                                         \
+        VEC w[4];                                                                             \
+        if (k < pfn) /* (GCC splits the loop here: the steps past pfn test nothing) */        \
+            __builtin_prefetch(pf + 64 * k, 0, 2);                                            \
+        /* Each vector of B loaded once into a register for all R rows. Left to itself, GCC   \
+           folds the load into every row's FMA when the broadcasts have more uses (R < C): R  \
+           loads of B a vector, and the 3-row tile ran at 45 instead of 55 G multiply-adds/s  \
+           (2 rows: 43 -> 49). A volatile load cannot be repeated. One row uses each vector   \
+           once: folding is right there. */                                                   \
+        for (int v = 0; v < C; ++v) {                                                         \
+            if (R > 1)                                                                        \
+                w[v] = *(const volatile VEC *)(b + k * PW + v * VW);                          \
+            else                                                                              \
+                memcpy(&w[v], b + k * PW + v * VW, sizeof(VEC));                              \
+        }                                                                                     \
+        for (int r = 0; r < R; ++r) {                                                         \
+            const T x = a[r][k * ks]; /* broadcast by the vector product */                   \
+            for (int v = 0; v < C; ++v)                                                       \
+                acc[r][v] += x * w[v];                                                        \
+        }                                                                                     \
     }
+    /* Four steps of k an iteration when more than one row reads A along its rows: the
+       loop's own add, compare and branch no longer take issue slots beside the FMAs of
+       every step. Alone (C, one thread, B in cache, G multiply-adds/s): 6 x 64 rows over
+       K = 128 96-97 -> 100-102, (100 x 256) @ (256 x 1024) 90-94 -> 94-98. In the model
+       (bench/ab.py, new / old, medians of 6 rounds): LSTM (100, 64, 256, 256) inference
+       0.932 on 1 thread and 0.946 on 2; (100, 1, 256, 256) inference 0.936 (its input
+       projection), training step 0.951 on 2 threads; (100, 16, 128, 128) training 0.953 /
+       0.977; GRU (100, 64, 256, 256) training 0.969; (50, 64, 512, 512), whose products
+       stream B from L3, 1.009. One row keeps the plain loop (alone 0.98), and so does the
+       transposed product's packed A^T (ks = 6): unrolled, its weight gradients of
+       (512 x 100) x (100 x 512) ran at 68-69 against 84-85. */
+    if (R > 1 && ks == 1) {
+#pragma GCC unroll 4
+        for (ptrdiff_t k = 0; k < K; ++k)
+            TILE_STEP
+    } else {
+        for (ptrdiff_t k = 0; k < K; ++k)
+            TILE_STEP
+    }
+#undef TILE_STEP
     for (int r = 0; r < R; ++r) {
         T *crow = c[r] + col0;
         for (int v = 0; v < C; ++v) {
@@ -196,7 +218,10 @@ static inline __attribute__((always_inline)) void NAME(prefetch_row)(ptrdiff_t K
 
 /* Rows of the next tile when `left` rows remain: 6 (24 accumulators), except that 7-9
    rows go as 4 + 3..5 rather than 6 + 1..3, whose thin last tile loads a vector of B for
-   every one or two FMAs. */
+   every one or two FMAs. (8 rows over a panel larger than L1 as one tile over each half of
+   the panel, 8 x 2 vectors twice, so that each line of it comes from L2 once: alone, C, one
+   thread, K x N = 256 x 1024, 69-82 -> 75-86 G multiply-adds/s; in the model slower, LSTM
+   (100, 8, 256, 256) inference 1 thread 1.041, (100, 16, 256, 256) 2 threads 1.042.) */
 static inline __attribute__((always_inline)) ptrdiff_t NAME(tile_rows)(ptrdiff_t left)
 {
     return left <= 6 ? left : left <= 9 ? 4 : 6;
