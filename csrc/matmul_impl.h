@@ -170,7 +170,9 @@ static inline __attribute__((always_inline)) void NAME(tile)(
        0.977; GRU (100, 64, 256, 256) training 0.969; (50, 64, 512, 512), whose products
        stream B from L3, 1.009. One row keeps the plain loop (alone 0.98), and so does the
        transposed product's packed A^T (ks = 6): unrolled, its weight gradients of
-       (512 x 100) x (100 x 512) ran at 68-69 against 84-85. */
+       (512 x 100) x (100 x 512) ran at 68-69 against 84-85. (Unrolling only the full tiles,
+       4-6 rows x 4 vectors, compiled faster but lost elsewhere: LSTM (100, 3, 256, 256)
+       inference 1.038.) */
     if (R > 1 && ks == 1) {
 #pragma GCC unroll 4
         for (ptrdiff_t k = 0; k < K; ++k)
@@ -319,16 +321,31 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     }
 }
 
+/* Every product on packed weights: the entry points below call this one, compiled once a
+   CPU clone. (gemm_blocks inlined into each of the three, every tile shape and clone
+   thrice over, made matmul.c take GCC 13 minutes at -O3 -g; once, 4.6.) A row of A alone
+   (`prefetch`) is asked for whole first (prefetch_row). */
 FASTRNN_CLONES
+void NAME(fastrnn_small_gemm_any)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1,
+                                  ptrdiff_t K, const T *a, ptrdiff_t a_block, ptrdiff_t lda,
+                                  const T *packed, ptrdiff_t panel_stride, int beta,
+                                  const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc,
+                                  int reverse, int prefetch)
+{
+    if (prefetch)
+        NAME(prefetch_row)(K, a);
+    NAME(gemm_blocks)(blocks, rows, c0, c1, K, a, a_block, lda, packed, panel_stride, beta, bias,
+                      c, c_block, ldc, reverse);
+}
+
 void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t K,
                                    const T *a, ptrdiff_t lda, const T *packed,
                                    ptrdiff_t panel_stride, int beta, const T *bias, T *c,
                                    ptrdiff_t ldc, int reverse)
 {
-    if (n == 1) /* a step's row shared by units, as in fastrnn_matvec_ranges */
-        NAME(prefetch_row)(K, a);
-    NAME(gemm_blocks)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c, 0, ldc,
-                      reverse);
+    /* n = 1: a step's row shared by units, as in fastrnn_matvec_ranges */
+    NAME(fastrnn_small_gemm_any)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c,
+                                 0, ldc, reverse, n == 1);
 }
 
 /* Columns per pass of a column sum: 8 vectors of sums in registers over a block of rows. */
@@ -477,25 +494,23 @@ void NAME(fastrnn_matvec_ranges)(int ranges, const ptrdiff_t *c0, const ptrdiff_
     NAME(matvec_rest)(m, K, a, b, out, lo, hi, beta);
 }
 
-FASTRNN_CLONES
 void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                               ptrdiff_t ldc, int reverse)
 {
-    NAME(gemm_blocks)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0, ldc,
-                      reverse);
+    NAME(fastrnn_small_gemm_any)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0,
+                                 ldc, reverse, 0);
 }
 
 #undef MV
 
-FASTRNN_CLONES
 void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
                                      const T *a, ptrdiff_t a_block, ptrdiff_t lda,
                                      const T *packed, ptrdiff_t panel_stride, int beta,
                                      const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(gemm_blocks)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta, bias,
-                      c, c_block, ldc, 0);
+    NAME(fastrnn_small_gemm_any)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride,
+                                 beta, bias, c, c_block, ldc, 0, 0);
 }
 
 #undef PREFETCH_PANELS_FROM
