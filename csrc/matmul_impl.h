@@ -327,13 +327,14 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
 /* Every product on packed weights: the entry points below call this one, compiled once a
    CPU clone. (gemm_blocks inlined into each of the three, every tile shape and clone
    thrice over, made matmul.c take GCC 13 minutes at -O3 -g; once, 4.6.) A row of A alone
-   (`prefetch`) is asked for whole first (prefetch_row). */
+   (`prefetch`) is asked for whole first (prefetch_row). Static: not part of
+   fastrnn_matmul.h's interface. */
 FASTRNN_CLONES
-void NAME(fastrnn_small_gemm_any)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1,
-                                  ptrdiff_t K, const T *a, ptrdiff_t a_block, ptrdiff_t lda,
-                                  const T *packed, ptrdiff_t panel_stride, int beta,
-                                  const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc,
-                                  int reverse, int prefetch)
+static void NAME(small_gemm_any)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t c0, ptrdiff_t c1,
+                                 ptrdiff_t K, const T *a, ptrdiff_t a_block, ptrdiff_t lda,
+                                 const T *packed, ptrdiff_t panel_stride, int beta,
+                                 const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc,
+                                 int reverse, int prefetch)
 {
     if (prefetch)
         NAME(prefetch_row)(K, a);
@@ -347,8 +348,8 @@ void NAME(fastrnn_small_gemm_cols)(ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1, ptrd
                                    ptrdiff_t ldc, int reverse)
 {
     /* n = 1: a step's row shared by units, as in fastrnn_matvec_ranges */
-    NAME(fastrnn_small_gemm_any)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c,
-                                 0, ldc, reverse, n == 1);
+    NAME(small_gemm_any)(1, n, c0, c1, K, a, 0, lda, packed, panel_stride, beta, bias, c, 0,
+                         ldc, reverse, n == 1);
 }
 
 /* Columns per pass of a column sum: 8 vectors of sums in registers over a block of rows. */
@@ -501,8 +502,8 @@ void NAME(fastrnn_small_gemm)(ptrdiff_t n, ptrdiff_t N, ptrdiff_t K, const T *a,
                               const T *packed, ptrdiff_t panel_stride, int beta, T *c,
                               ptrdiff_t ldc, int reverse)
 {
-    NAME(fastrnn_small_gemm_any)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0,
-                                 ldc, reverse, 0);
+    NAME(small_gemm_any)(1, n, 0, N, K, a, 0, lda, packed, panel_stride, beta, NULL, c, 0, ldc,
+                         reverse, 0);
 }
 
 #undef MV
@@ -512,8 +513,8 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
                                      const T *packed, ptrdiff_t panel_stride, int beta,
                                      const T *bias, T *c, ptrdiff_t c_block, ptrdiff_t ldc)
 {
-    NAME(fastrnn_small_gemm_any)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride,
-                                 beta, bias, c, c_block, ldc, 0, 0);
+    NAME(small_gemm_any)(blocks, rows, 0, N, K, a, a_block, lda, packed, panel_stride, beta,
+                         bias, c, c_block, ldc, 0, 0);
 }
 
 #undef PREFETCH_PANELS_FROM
