@@ -179,6 +179,8 @@ def _thread_buffers(key: tuple) -> _Buffers | None:
 
 # forward()'s internal arrays, in the order the kernel takes them
 _INTERNAL = ("xproj", "hs", "cs", "acts", "work", "hraw", "wpack", "ipack")
+# those that a training pass keeps for backward (on its tape)
+_SAVED = ("hs", "cs", "acts", "hraw")
 
 
 class _Buffers:
@@ -415,8 +417,10 @@ def forward(
     lens, order, S, identity = _layout(T, B, lengths, reverse)
     proj = weights.w_hr is not None
     buffer = None
-    if ws is None and not training:
-        # the direction too: both directions of a layer may run at once (run_deferred)
+    if ws is None:
+        # the direction too: both directions of a layer may run at once (run_deferred).
+        # Training takes only the call's own scratch from them (below): what its tape
+        # keeps is its own.
         buffer = _thread_buffers((cell, S, B, I, H, P, dtype, proj, reverse))
     if buffer is None:
         shapes, _ = _forward_shapes(cell, S, B, I, H, P, dtype, training, proj)
@@ -428,10 +432,11 @@ def forward(
             buffer = _Buffers(None, dtype, False, shapes)
     shapes, scratch = buffer.shapes, buffer.scratch
 
+    kept_buffers = buffer.ws is not None and not buffer.lends_results
     if identity:
         xc = x
     else:
-        xc = scratch("xc")
+        xc = _scratch(shapes["xc"], dtype) if training and kept_buffers else scratch("xc")
         _kernel("gather_steps", dtype)(x, lens, order, reverse, xc)
     yc = buffer.result("yc", shapes["yc"]) if identity else scratch("yc")
     if h_n is None:
@@ -441,6 +446,9 @@ def forward(
     elif c_n is None:
         c_n = buffer.result("c_n", (B, H))
     xproj, hs, cs, acts, work, hraw, wpack, ipack = buffer.internal()
+    if training and kept_buffers:  # the tape's arrays, this call's own; the rest is scratch
+        saved, _ = _forward_shapes(cell, S, B, I, H, P, dtype, True, proj)
+        hs, cs, acts, hraw = (_scratch(saved[k], dtype) for k in _SAVED)
     scratch_packs = (wpack, ipack)
     w_hr = weights.w_hr if weights.w_hr is not None else scratch("no_w_hr")
     # Frozen weights keep their packs on themselves, at any size; a stream keeps them from one
@@ -522,6 +530,37 @@ def _finish_forward(
     return y, h_n, (c_n if is_lstm else None), tape
 
 
+@functools.lru_cache(maxsize=256)
+def _backward_shapes(cell, S, B, H, P, proj, grad_threads, gbuf_size):  # noqa: E741
+    """Shapes of backward()'s scratch: dG (input side), GRU's d hh_n, the projection's dh per
+    step, the weight-gradient products' packing buffer."""
+    GH = NUM_GATES[cell] * H
+    return (
+        (S * B, GH),
+        (S * B if cell == "gru" else 0, H),
+        (S * B if proj else 0, P),
+        (grad_threads, gbuf_size),
+    )
+
+
+def _backward_buffers(key: tuple, shapes: tuple, dtype) -> tuple | None:
+    """This thread's kept scratch for one backward configuration (key: the shapes, the
+    dtype and the direction, as the two directions of a layer may run at once), as
+    _thread_buffers keeps inference's; None when larger than _WORKSPACE_MAX_BYTES. A call
+    holds it only while it runs: its results are never among it."""
+    kept = getattr(_local, "backward", None)
+    if kept is None:
+        kept = _local.backward = {}
+    arrays = kept.get(key)
+    if arrays is None:
+        if sum(map(math.prod, shapes)) * np.dtype(dtype).itemsize > _WORKSPACE_MAX_BYTES:
+            return None
+        if len(kept) >= _WORKSPACE_CONFIGS:
+            del kept[next(iter(kept))]  # dicts keep insertion order
+        arrays = kept[key] = tuple(_aligned_empty(shape, dtype) for shape in shapes)
+    return arrays
+
+
 def backward(
     tape: Tape,
     dy: np.ndarray,
@@ -559,15 +598,16 @@ def backward(
         "bias_hh": np.empty_like(w.b_hh),
         "weight_hr": np.empty_like(w_hr),
     }
-    dgx = _scratch((S * B, G * H), dtype)
-    dgh = _scratch((S * B if tape.cell == "gru" else 0, H), dtype)
-    dhs = _scratch((S * B if w.w_hr is not None else 0, P), dtype)
-    work = np.empty((3 * B, H), dtype)
     double = dtype == np.float64
     wpack, ipack = tape.packs  # made by forward from the weights of that pass
     alone = later is not None  # prepared for one thread, beside the other direction
     grad_threads = 1 if alone else _threads.product_threads(S * B * G * H * (I + P))
-    gbuf = _scratch((grad_threads, _kernels.gemm_buffer_size(G * H, double)), dtype)
+    gbuf_size = _kernels.gemm_buffer_size(G * H, double)
+    shapes = _backward_shapes(tape.cell, S, B, H, P, w.w_hr is not None, grad_threads, gbuf_size)
+    # scratch kept by this thread for calls of this shape, else spares (large calls)
+    kept = _backward_buffers((shapes, dtype, tape.reverse), shapes, dtype)
+    dgx, dgh, dhs, gbuf = kept or (_scratch(shape, dtype) for shape in shapes)
+    work = np.empty((3 * B, H), dtype)
 
     _kernel("backward", dtype)(
         CELL_CODES[tape.cell], tape.xc, w.w_ih, w.w_hh, w_hr, tape.lengths,
@@ -579,7 +619,8 @@ def backward(
     )  # fmt: skip
 
     def finish():
-        _release(dgx, dgh, dhs, gbuf)
+        if kept is None:
+            _release(dgx, dgh, dhs, gbuf)
         if w.w_hr is None:
             del grads["weight_hr"]
         if tape.identity:

@@ -521,6 +521,24 @@ def test_two_passes_in_flight(cell, dtype):
     assert_same_gradients(back_a(dy_a, dh_a), expected_a)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_passes_in_flight_keep_their_own_saved_state(cell, batch):
+    """Passes of one shape in the user's layout (no lengths, one direction) take their
+    scratch from this thread's kept buffers: three in flight at once, their backward passes
+    run in another order, and each twice, give each pass's own gradients."""
+    model = make_model(cell, I, H, num_layers=2, dtype=np.float32, seed=6)
+    rng = np.random.default_rng(6)
+    runs = []
+    for _ in range(3):
+        x = normal(rng, (T, batch, I), np.float32)
+        dy = normal(rng, (T, batch, H), np.float32)
+        runs.append((x, dy, grads_of(model, x, None, None, dy, None)))
+    backwards = [model.forward_train(x)[2] for x, _, _ in runs]
+    for k in (2, 0, 1, 0):
+        assert_same_gradients(backwards[k](runs[k][1]), runs[k][2])
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_passes_in_flight_from_threads(cell):
     """The kernels release the GIL: concurrent passes on one model still agree."""
