@@ -58,8 +58,20 @@ peak of the (large) parent that started it as its own ru_maxrss, hiding everythi
 it. Elsewhere the increase of ru_maxrss is the fallback. The step's first-call lazy
 initialisation, if any, counts for both frameworks alike.
 
+GEMM ceiling. After the cases (when training is measured and threadpoolctl can hold BLAS to
+n threads), per thread count, the fastest of 5 calls of float32 C := A @ B through torch.mm
+(oneDNN/MKL) and scipy's BLAS, at 2048^3 (the issue's "machine's limit") and at the
+whole-sequence products of every training step with B <= 16 in the run (projection,
+recurrent with the steps stacked, dh, dW_hh, dW_ih, dx). A training case short of its
+"2x torch" target is "ruled out" when its GEMM flops alone, at the most generous rate this
+run shows for its thread count (that best GEMM; fastrnn's own GFLOP/s in any case; n times
+either on one thread, i.e. perfect scaling), take longer than the target allows: no gate
+math, no memory traffic, no overhead counted. (The register-only FMA rate, a higher bound
+still, is bench/compute_floor.c's, run by hand.)
+
 Targets. Last, the issue's targets are checked on the measured cases and printed PASS,
-FAIL or SKIP (not measured) with the numbers.
+FAIL, SKIP (not measured) or OUT (short only where the GEMM ceiling rules the target out)
+with the numbers.
 """
 
 from __future__ import annotations
@@ -292,6 +304,89 @@ def gemm_step(cell, shape, mode, seed=2):
         sgemm_into(dg, w_ih, dx)
 
     return training
+
+
+# -- the machine's GEMM ceiling ---------------------------------------------------------
+
+# The issue's "machine's limit": float32 GEMM at 2048^3 (and a step's own products, below).
+CEILING_SQUARE = (2048, 2048, 2048)
+CEILING_CALLS = 5  # timed calls per library and product; the fastest counts
+CEILING_BATCH = 16  # the training cases whose 2x-torch target the ceiling is checked for
+
+
+def step_products(cell, shape) -> list:
+    """The whole-sequence products (m, k, n) of one training step of one layer-direction:
+    projection, recurrent (all steps stacked), dh, dW_hh, dW_ih, dx; their flops sum to
+    common.gemm_flops(cell, shape, "training")."""
+    T, B, I, H = shape  # noqa: E741
+    TB, GH = T * B, common.GATES[cell] * H
+    return [(TB, I, GH), (TB, H, GH), (TB, GH, H), (GH, TB, H), (GH, TB, I), (TB, GH, I)]
+
+
+def _fastest_call(fn, calls: int) -> float:
+    fn()  # warm: pools awake, pages touched
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gemm_rates(products, torch, calls=CEILING_CALLS) -> list:
+    """GFLOP/s of float32 C := A @ B for each (m, k, n), through torch.mm (oneDNN/MKL) when
+    installed and scipy's BLAS, under the caller's thread limits; the fastest of `calls`."""
+    rng = np.random.default_rng(3)
+    rates = []
+    for m, k, n in products:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        c = np.empty((m, n), np.float32)
+        libs = {"scipy": lambda a=a, b=b, c=c: sgemm_into(a, b, c)}
+        if torch is not None:
+            ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+            libs["torch"] = lambda ta=ta, tb=tb, tc=tc: torch.mm(ta, tb, out=tc)
+        for lib, fn in libs.items():
+            seconds = _fastest_call(fn, calls)
+            rates.append(
+                {"lib": lib, "product": [m, k, n], "gflops": 2 * m * k * n / seconds / 1e9}
+            )
+    return rates
+
+
+def measure_ceiling(args, torch) -> list:
+    """Per thread count: the GEMM rates at 2048^3 and at the products of every training
+    case with B <= CEILING_BATCH in this run, and the best of them."""
+    if "training" not in args.modes or not blas_threads_controllable():
+        return []
+    products = [CEILING_SQUARE]
+    for cell in args.cells:
+        for shape in args.shapes:
+            if shape[1] <= CEILING_BATCH:
+                products += [p for p in step_products(cell, shape) if p not in products]
+    ceiling = []
+    for threads in args.threads:
+        with common.thread_limits(threads, torch):
+            rates = gemm_rates(products, torch)
+        best = max(rates, key=lambda r: r["gflops"])
+        ceiling.append({"threads": threads, "rates": rates, "best": best})
+        print(".", end="", file=sys.stderr, flush=True)
+    return ceiling
+
+
+def ceiling_gflops(ceiling, cases, threads):
+    """The most generous GEMM rate this run shows for `threads` threads: the best measured
+    GEMM, fastrnn's own whole-step GFLOP/s, and n times the best rate on one thread (perfect
+    scaling); None without a ceiling measurement."""
+    by_threads = {c["threads"]: c["best"]["gflops"] for c in ceiling}
+    if threads not in by_threads:
+        return None
+    rates = [by_threads[threads]]
+    rates += [c["fastrnn_gflops"] for c in cases if c["threads"] == threads]
+    if 1 in by_threads:
+        rates += [threads * by_threads[1]]
+        rates += [threads * c["fastrnn_gflops"] for c in cases if c["threads"] == 1]
+    return max(rates)
 
 
 # -- timing ------------------------------------------------------------------------------
@@ -639,6 +734,9 @@ class Check:
     case: str
     detail: str
     passed: bool
+    # short of the target, and shown out of reach by this run's measurements (the GEMM
+    # ceiling): what the issue's "which target the hardware rules out" asks
+    ruled_out: bool = False
 
 
 @dataclass
@@ -649,9 +747,12 @@ class Target:
 
     @property
     def status(self) -> str:
+        """PASS, SKIP, FAIL, or OUT: short only where the measurements rule the target out."""
         if not self.checks:
             return "SKIP"
-        return "PASS" if all(c.passed for c in self.checks) else "FAIL"
+        if all(c.passed for c in self.checks):
+            return "PASS"
+        return "OUT" if all(c.passed or c.ruled_out for c in self.checks) else "FAIL"
 
 
 def _label(cell, shape, threads=None) -> str:
@@ -694,7 +795,25 @@ def target_inference_vs_best_peer(cases, batch_one: bool, factor: float) -> Targ
     )
 
 
-def target_training_vs_torch(cases, small_batch: bool, factor: float) -> Target:
+def _ceiling_verdict(case, allowed_ms, ceiling, cases):
+    """(ruled out?, text) for a case short of a time target: whether the step's GEMM flops
+    alone, at the most generous GEMM rate of this run (ceiling_gflops), take longer than
+    the target allows; (False, "") without a ceiling measurement."""
+    gflops = ceiling_gflops(ceiling, cases, case["threads"])
+    if gflops is None:
+        return False, ""
+    bound_ms = case["gemm_flops"] / gflops * 1e-6
+    out = bound_ms > allowed_ms
+    return out, (
+        f"; {'ruled out' if out else 'not ruled out'}: its GEMM flops at the ceiling "
+        f"({gflops:.0f} GFLOP/s) take {bound_ms:.3f} ms {'>' if out else '<='} the "
+        f"{allowed_ms:.3f} ms allowed"
+    )
+
+
+def target_training_vs_torch(
+    cases, small_batch: bool, factor: float, ceiling: list | None = None
+) -> Target:
     checks = []
     for c in cases:
         if c["mode"] != "training" or (c["shape"][1] <= 16) != small_batch:
@@ -703,11 +822,15 @@ def target_training_vs_torch(cases, small_batch: bool, factor: float) -> Target:
         if torch_ms is None:
             continue
         ratio = torch_ms / _fr_ms(c)
+        passed, out, verdict = ratio >= factor, False, ""
+        if not passed:
+            out, verdict = _ceiling_verdict(c, torch_ms / factor, ceiling or [], cases)
         checks.append(
             Check(
                 _label(c["cell"], c["shape"], c["threads"]),
-                f"torch {torch_ms:.3f} ms / fastrnn {_fr_ms(c):.3f} ms = {ratio:.2f}x",
-                ratio >= factor,
+                f"torch {torch_ms:.3f} ms / fastrnn {_fr_ms(c):.3f} ms = {ratio:.2f}x{verdict}",
+                passed,
+                out,
             )
         )
     where = "B<=16" if small_batch else "B>16"
@@ -776,11 +899,11 @@ def target_memory(memory) -> Target:
     return Target("training peak memory <= torch's", checks, "memory probes with torch")
 
 
-def check_targets(cases, memory) -> list:
+def check_targets(cases, memory, ceiling=None) -> list:
     return [
         target_inference_vs_best_peer(cases, batch_one=True, factor=1.25),
         target_inference_vs_best_peer(cases, batch_one=False, factor=1.0),
-        target_training_vs_torch(cases, small_batch=True, factor=2.0),
+        target_training_vs_torch(cases, small_batch=True, factor=2.0, ceiling=ceiling),
         target_training_vs_torch(cases, small_batch=False, factor=1.0),
         target_training_gemm_rate(cases, limit=1.15),
         target_thread_scaling(cases, factor=1.6),
@@ -909,7 +1032,32 @@ def print_targets(targets):
         count = f"({passed}/{len(target.checks)})" if target.checks else f"(needs {target.needs})"
         print(f"  {target.status:<4}  {target.name}  {count}")
         for check in target.checks:
-            print(f"          {'ok  ' if check.passed else 'FAIL'}  {check.case}  {check.detail}")
+            mark = "ok  " if check.passed else "out " if check.ruled_out else "FAIL"
+            print(f"          {mark}  {check.case}  {check.detail}")
+    print(
+        "  (OUT, out: short of the target where the step's GEMM flops alone, at the GEMM "
+        "ceiling below, take longer than the target allows)"
+    )
+
+
+def print_ceiling(ceiling):
+    if not ceiling:
+        return
+    print(
+        "\nGEMM ceiling: the fastest float32 GEMM this run measured (torch.mm and scipy's "
+        f"BLAS, at {'x'.join(map(str, CEILING_SQUARE))} and at the whole-sequence products "
+        f"of every training step with B <= {CEILING_BATCH}); the targets use the most "
+        "generous of it, fastrnn's own GFLOP/s and n x the one-thread figures"
+    )
+    for entry in ceiling:
+        best = entry["best"]
+        shape = "x".join(map(str, best["product"]))
+        square = [r for r in entry["rates"] if tuple(r["product"]) == CEILING_SQUARE]
+        at_square = ", ".join(f"{r['lib']} {r['gflops']:.0f}" for r in square)
+        print(
+            f"  {entry['threads']} thr: best {best['gflops']:.0f} GFLOP/s ({best['lib']}, "
+            f"{shape}); at {'x'.join(map(str, CEILING_SQUARE))}: {at_square}"
+        )
 
 
 def write_json(path, **sections):
@@ -937,6 +1085,7 @@ def run(args) -> dict:
                 cases += shape_cases
                 agreement.append(info)
     memory = [] if args.no_memory else measure_memory(args, peers, notes)
+    ceiling = measure_ceiling(args, peers.torch)
     print(file=sys.stderr)
     machine["load_average_end"] = os.getloadavg()
     return {
@@ -946,6 +1095,7 @@ def run(args) -> dict:
         "cases": cases,
         "agreement": agreement,
         "memory": memory,
+        "ceiling": ceiling,
     }
 
 
@@ -955,7 +1105,7 @@ def main(argv=None) -> int:
         print(json.dumps(memprobe(args._memprobe)))
         return 0
     results = run(args)
-    targets = check_targets(results["cases"], results["memory"])
+    targets = check_targets(results["cases"], results["memory"], results["ceiling"])
     print_header(results["machine"], results["peers"], results["notes"])
     print_agreement(results["agreement"])
     print()
@@ -965,6 +1115,7 @@ def main(argv=None) -> int:
         "GEMM-only time; memory: training-step peak increase, 1 thread"
     )
     print_targets(targets)
+    print_ceiling(results["ceiling"])
     if args.json:
         config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         write_json(
@@ -976,6 +1127,7 @@ def main(argv=None) -> int:
             agreement=results["agreement"],
             cases=results["cases"],
             memory=results["memory"],
+            ceiling=results["ceiling"],
             targets=[{**asdict(t), "status": t.status} for t in targets],
         )
         print(f"\nraw numbers written to {args.json}")
