@@ -41,7 +41,7 @@ scatter_steps: _Fused
 forward: _Fused
 """forward(cell, training, packed, xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order,
 bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack,
-bwpack, bipack, later=None): with a Deferred `later`, prepared there and not run"""
+bwpack, bipack, xsave, later=None): with a Deferred `later`, prepared there and not run"""
 backward: _Fused
 """backward(cell, packed, xc, w_ih, w_hh, w_hr, lengths, order, bounds, unit_threads, hs, cs,
 acts, hraw, dyc, dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,

@@ -287,6 +287,14 @@ def _new_packs(key: tuple, shapes: tuple, dtype, made: dict) -> tuple:
 
 
 @functools.lru_cache(maxsize=8)
+def _no_input_copy(dtype) -> np.ndarray:
+    """forward()'s xsave when it copies no input for the tape."""
+    empty = np.empty((0, 0, 0), dtype)
+    empty.flags.writeable = False
+    return empty
+
+
+@functools.lru_cache(maxsize=8)
 def _no_packs(dtype) -> tuple[np.ndarray, np.ndarray]:
     """forward()'s bwpack and bipack when it makes no packs for backward."""
     empty = np.empty(0, dtype)
@@ -400,8 +408,12 @@ def forward(
     c_n: np.ndarray | None = None,
     ws: dict | None = None,
     later: _kernels.Deferred | None = None,
+    save_input: bool = False,
 ):
     """Run one layer-direction. Returns (y (T,B,P), h_n (B,P), c_n (B,H) or None, tape or None).
+
+    save_input (training): x is the caller's, who may reuse it before backward, so the tape
+    keeps a copy of it (made by the kernel's threads as they project it).
 
     With `later`, the call is prepared for one thread and not run: it returns (later,
     finish), finish() giving those results once _kernels.run_deferred(later, ...) has run it
@@ -436,8 +448,11 @@ def forward(
     shapes, scratch = buffer.shapes, buffer.scratch
 
     kept_buffers = buffer.ws is not None and not buffer.lends_results
+    xsave = _no_input_copy(dtype)
     if identity:
         xc = x
+        if training and save_input and x.size:  # (a gathered xc, below, is its own already)
+            xsave = _scratch(x.shape, dtype)
     else:
         xc = _scratch(shapes["xc"], dtype) if training and kept_buffers else scratch("xc")
         _kernel("gather_steps", dtype)(x, lens, order, reverse, xc)
@@ -488,13 +503,16 @@ def forward(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, w_hr,
         h0, c0, lens, order, bounds, unit_threads, helper, yc, h_n, c_n, xproj, hs, cs, acts,
-        hraw, work, wpack, ipack, *bpacks, later,
+        hraw, work, wpack, ipack, *bpacks, xsave, later,
     )  # fmt: skip
 
+    own_input = xsave.size > 0
+    if own_input:  # the tape keeps the copy, not the caller's x
+        xc = xsave
     results = (
         cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
         (xproj, hs, cs, acts, work, hraw, *scratch_packs), tape_packs, bounds, unit_threads,
-        later is not None, kept,
+        later is not None, kept, own_input,
     )  # fmt: skip
     if later is not None:
         return later, functools.partial(_finish_forward, *results)
@@ -503,7 +521,7 @@ def forward(
 
 def _finish_forward(
     cell, weights, T, B, lens, order, reverse, identity, training, buffer, xc, yc, h_n, c_n,
-    internal, packs, bounds, unit_threads, alone, kept,
+    internal, packs, bounds, unit_threads, alone, kept, own_input,
 ):  # fmt: skip
     """forward()'s results once its kernel has run: the packs it made for frozen weights
     kept, scratch released, y in the user's layout, the tape."""
@@ -527,9 +545,10 @@ def _finish_forward(
             reverse, identity, T, packs, alone,
         )  # fmt: skip
         # when the tape dies (its backward closure dropped), its arrays become spares (not
-        # the packs that frozen weights keep)
+        # the packs that frozen weights keep, nor an xc that is not the pass's own copy)
         spare = () if weights.frozen else packs
-        weakref.finalize(tape, _release, hs, cs, acts, hraw, *spare)
+        saved_x = (xc,) if own_input else ()
+        weakref.finalize(tape, _release, hs, cs, acts, hraw, *spare, *saved_x)
     return y, h_n, (c_n if is_lstm else None), tape
 
 

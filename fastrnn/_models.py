@@ -263,8 +263,9 @@ class RecurrentModel:
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         _validate.blas_sizes(T, B, (self.input_size, D * self._h_size, self._gate_count * H))
         h0, c0 = self._initial_state(hx, B, batched)
-        if training and np.may_share_memory(xs, x):
-            xs = xs.copy()  # backward reads it: the caller may reuse its buffer meanwhile
+        # backward reads the input: when it is the caller's array (who may reuse it
+        # meanwhile), the first layer's forward pass keeps a copy of it
+        save_input = training and np.may_share_memory(xs, x)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if c0 is not None else None
         tapes, masks = [], []
@@ -282,6 +283,7 @@ class RecurrentModel:
                     None if c0 is None else c0[k], lens, bool(d), training,
                     h_n=h_n[k], c_n=None if c_n is None else c_n[k],
                     later=_kernels.Deferred() if pair else None,
+                    save_input=save_input and layer == 0,
                 )  # fmt: skip
                 if pair:  # (later, finish): run below
                     outs.append(result)

@@ -600,6 +600,52 @@ def test_mutating_unbatched_x_after_forward_train(cell):
     assert_same_gradients(backward(np.ones((T, H), np.float32)), expected)
 
 
+INPUT_COPY_PATHS = {  # name: (T, batch, threads, bidirectional, thresholds set to 0)
+    "one-thread": (5, 3, 1, False, ()),
+    "B1-split-by-units": (5, 1, 2, False, ("_MIN_UNIT_STEP_WORK", "_MIN_PARALLEL_WORK")),
+    "B1-projection-helper": (5, 1, 2, False, ("_MIN_HELPER_WORK",)),
+    "row-ranges": (5, 3, 2, False, ("_MIN_PARALLEL_WORK", "_MIN_UNIT_STEP_WORK_ROWS")),
+    "row-ranges-many-chunks": (40, 64, 2, False, ("_MIN_PARALLEL_WORK",)),
+    "directions-at-once": (5, 3, 2, True, ("_MIN_PARALLEL_WORK",)),
+}
+
+
+@pytest.mark.parametrize("path", INPUT_COPY_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_input_reused_before_backward_on_every_thread_layout(cell, dtype, path, monkeypatch):
+    """The copy of x that a training pass keeps is made by the kernel's threads as they
+    project it (each its rows or steps): whichever way the work is shared, overwriting x
+    between forward_train and backward leaves the gradients bit-identical."""
+    T, batch, threads, bidirectional, zeroed = INPUT_COPY_PATHS[path]
+    for name in zeroed:
+        monkeypatch.setattr(fastrnn._threads, name, 0)
+    if path == "B1-projection-helper":  # one range, no unit split: the helper projects
+        monkeypatch.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 1 << 62)
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    fastrnn._layer._full_length_split.cache_clear()  # splits made under other thresholds
+    try:
+        model = make_model(
+            cell, 6, 32, num_layers=2, bidirectional=bidirectional, dtype=dtype, seed=11
+        )
+        rng = np.random.default_rng(11)
+        x = normal(rng, (T, batch, 6), dtype)
+        dy = normal(rng, (T, batch, 64 if bidirectional else 32), dtype)
+        # the oracle: an input in Fortran order, which validation copies (so no pass keeps
+        # a copy of its own)
+        expected = grads_of(model, np.asfortranarray(x), None, None, dy, None)
+        # a pass on other numbers first: memory freed since (the allocator's, the spares)
+        # holds those, not x's, in case a copy were never written
+        grads_of(model, -x, None, None, dy, None)
+        _, _, backward = model.forward_train(x)
+        x[...] = np.nan  # the caller's buffer, reused
+        assert_same_gradients(backward(dy), expected)
+    finally:
+        fastrnn.set_num_threads(saved)
+        fastrnn._layer._full_length_split.cache_clear()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_mutating_returned_outputs_does_not_change_gradients(cell):
     model = make_model(cell, I, H, num_layers=2, dtype=np.float64, seed=4)
