@@ -170,7 +170,9 @@ static inline __attribute__((always_inline)) void NAME(tile)(
        0.977; GRU (100, 64, 256, 256) training 0.969; (50, 64, 512, 512), whose products
        stream B from L3, 1.009. One row keeps the plain loop (alone 0.98), and so does the
        transposed product's packed A^T (ks = 6): unrolled, its weight gradients of
-       (512 x 100) x (100 x 512) ran at 68-69 against 84-85. (Unrolling only the full tiles,
+       (512 x 100) x (100 x 512) ran at 68-69 against 84-85 (by 2 instead of 4: (1024 x 100)
+       x (100 x 256) twice 73-75 against 93, (512 x 1600) x (1600 x 128) twice 67.5 against
+       85.5). (Unrolling only the full tiles,
        4-6 rows x 4 vectors, compiled faster but lost elsewhere: LSTM (100, 3, 256, 256)
        inference 1.038.) */
     if (R > 1 && ks == 1) {
