@@ -5,7 +5,7 @@
  * region, and that spinning competed for the 2 cores with BLAS's threads (an RNN training
  * step at (T, B, I, H) = (100, 16, 128, 128) took 8.0 ms with 2 threads instead of 2.3 ms);
  * the only cure, OMP_WAIT_POLICY=passive, is process-wide and slowed PyTorch's OpenMP in the
- * same process 4x. These workers spin briefly (about 0.5 ms, long enough to chain the regions
+ * same process 4x. These workers spin briefly (0.5 ms, timed; long enough to chain the regions
  * of one call without a sleep), then sleep on a condition variable until the next job.
  *
  * fastrnn_parallel(nt, task, ctx) runs task(ctx, t, nt) for t = 0..nt-1: t = 0 on the
@@ -66,6 +66,9 @@ long fastrnn_pipe_claim(fastrnn_pipe *p);
 void fastrnn_pipe_ready(fastrnn_pipe *p, long k);
 /* Pipes initialised so far in this process (the tests check that a call took one). */
 long fastrnn_pipes_started(void);
+/* Times so far a worker stopped spinning and went to sleep (the tests check that idle
+   workers do). */
+long fastrnn_pool_sleeps(void);
 
 /* Self-test of the pipe (tests/test_invariants.py): `runs` pipes of `chunks` (<= 256) chunks
    over `slots` slots; returns the anomalies (-1: no memory). */

@@ -132,6 +132,7 @@ cdef extern from "fastrnn_threads.h" nogil:
     long fastrnn_pipe_claim(fastrnn_pipe *p)
     void fastrnn_pipe_ready(fastrnn_pipe *p, long k)
     long fastrnn_pipes_started()
+    long fastrnn_pool_sleeps()
 
 cdef extern from "fastrnn_matmul.h" nogil:
     void fastrnn_pack_f32(Py_ssize_t K, Py_ssize_t N, int trans, const float *w, Py_ssize_t ldw,
@@ -1961,3 +1962,9 @@ def pipes_started():
     """How many calls so far had a helper thread project their input (the tests' proof that
     a configuration takes that path)."""
     return fastrnn_pipes_started()
+
+
+def pool_sleeps():
+    """How many times so far a worker of the pool stopped spinning and went to sleep (the
+    tests' proof that idle workers do not spin on)."""
+    return fastrnn_pool_sleeps()

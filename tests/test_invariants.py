@@ -1,6 +1,8 @@
 """Invariants that catch real bugs: chunked runs, bidirectional = forward + reversed run,
 stacked = chained single layers, rows independent of their batch and of the thread count."""
 
+import time
+
 import numpy as np
 import pytest
 import reference as ref
@@ -875,3 +877,13 @@ def test_thread_pool_runs_every_share_exactly_once():
     woke late once read the next job's fields and ran a share twice: 4-6 anomalies in 2000
     jobs here, and missing gradient rows in the thread-count tests above.)"""
     assert fastrnn._kernels.pool_selftest(2000) == 0
+
+
+def test_idle_workers_stop_spinning():
+    """Workers spin a short while after a job (0.5 ms, so that the jobs of one call chain
+    without a sleep), then sleep: a worker still spinning 200 ms after its last job would
+    hold a core between calls."""
+    before = fastrnn._kernels.pool_sleeps()
+    assert fastrnn._kernels.pool_selftest(10) == 0  # jobs of 2-4 shares: three workers ran
+    time.sleep(0.2)
+    assert fastrnn._kernels.pool_sleeps() > before
