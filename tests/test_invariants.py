@@ -882,8 +882,9 @@ def test_thread_pool_runs_every_share_exactly_once():
 def test_idle_workers_stop_spinning():
     """Workers spin a short while after a job (0.5 ms, so that the jobs of one call chain
     without a sleep), then sleep: a worker still spinning 200 ms after its last job would
-    hold a core between calls."""
+    hold a core between calls. Every worker (three at least, for jobs of 4 shares) sees each
+    job, and so goes back to sleep after the last."""
     before = fastrnn._kernels.pool_sleeps()
-    assert fastrnn._kernels.pool_selftest(10) == 0  # jobs of 2-4 shares: three workers ran
+    assert fastrnn._kernels.pool_selftest(10) == 0  # jobs of 2-4 shares
     time.sleep(0.2)
-    assert fastrnn._kernels.pool_sleeps() > before
+    assert fastrnn._kernels.pool_sleeps() >= before + 3
