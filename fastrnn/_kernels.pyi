@@ -53,6 +53,29 @@ class Deferred:
 
 def run_deferred(first: Deferred, second: Deferred | None = None) -> None: ...
 
+class ForwardPlan:
+    """Prepared forward() calls of a stack of layers, re-run on new arrays of one shape."""
+    def __init__(
+        self,
+        prepared: list[Deferred],
+        mids: list[_F],
+        x_shape: tuple[int, ...],
+        y_shape: tuple[int, ...],
+        h_shape: tuple[int, ...],
+        c_shape: tuple[int, ...],
+        zero_h: _F,
+        zero_c: _F | None,
+    ) -> None: ...
+    def run(
+        self,
+        x: _F,
+        h0: _F | None = None,
+        c0: _F | None = None,
+        y: _F | None = None,
+        h_n: _F | None = None,
+        c_n: _F | None = None,
+    ) -> tuple[_F, _F, _F | None] | None: ...
+
 sigmoid: _Fused
 """sigmoid(x (n,), out (n,))"""
 tanh: _Fused

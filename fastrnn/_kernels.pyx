@@ -33,6 +33,7 @@ Arguments are marked IN, OUT or WORK (scratch, contents undefined on return).
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -1465,6 +1466,170 @@ def run_deferred(Deferred first, Deferred second=None):
     pairs_run += 1
     with nogil:
         fastrnn_parallel(2, pair_task, calls)
+
+
+cdef enum:
+    PLAN_MAX_RANK = 3
+
+
+cdef bint plan_array(object a, int typenum, int ndim, const cnp.npy_intp *dims) noexcept:
+    """Whether `a` is exactly a C-contiguous, aligned NumPy array of this type and shape
+    (a ForwardPlan takes nothing else; whatever it declines takes the validating path)."""
+    cdef cnp.ndarray arr
+    cdef int d
+    if type(a) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray> a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)):
+        return False
+    for d in range(ndim):
+        if cnp.PyArray_DIMS(arr)[d] != dims[d]:
+            return False
+    return True
+
+
+cdef class ForwardPlan:
+    """An inference pass through a stack of layers (one direction each), prepared once for
+    inputs of one shape and run again on new arrays with nothing prepared anew.
+
+    Each layer's forward() call is prepared by the Python layer (a Deferred, with the
+    thread split a direct call takes) and copied here as it was then; run() fills in the
+    input, output and state pointers and runs the layers in order, the GIL released. The
+    outputs of all layers but the last are the plan's own arrays. A plan shares the scratch
+    of the calls it was prepared from: one thread runs it at a time. A small call spends
+    most of its time in the Python that prepares it (an RNN step (1, 1, 64, 64): ~8 of
+    10 us), which a plan runs once.
+    """
+    cdef ForwardCall *calls     # as prepared; copied before each run (forward_call
+                                # changes its call's chunking)
+    cdef int n, typenum
+    cdef bint lstm
+    cdef object held            # the Deferreds (their arrays), the plan's own arrays
+    cdef list mids              # outputs of layers 0..n-2 (inputs of the next)
+    cdef object zero_h, zero_c  # the initial state of a call without one
+    cdef int x_nd, y_nd, h_nd
+    cdef cnp.npy_intp x_dims[PLAN_MAX_RANK]
+    cdef cnp.npy_intp y_dims[PLAN_MAX_RANK]
+    cdef cnp.npy_intp h_dims[PLAN_MAX_RANK]
+    cdef cnp.npy_intp c_dims[PLAN_MAX_RANK]
+    cdef Py_ssize_t h_step, c_step  # bytes of one layer's state
+
+    def __cinit__(self):
+        self.calls = NULL
+
+    def __dealloc__(self):
+        free(self.calls)
+
+    def __init__(self, list prepared, list mids, tuple x_shape, tuple y_shape, tuple h_shape,
+                 tuple c_shape, zero_h, zero_c):
+        """prepared: one Deferred a layer, from forward(..., later) with the usual thread
+        split, for an input (T, B, I), in order; mids: n - 1 arrays (T, B, P) for the
+        outputs of all layers but the last. The shapes are those the caller presents x,
+        y, h (n, ..., P) and c (LSTM: (n, ..., H); else ()) in: each the same memory as
+        the time-major (T, B, .) and (n, B, .) the kernels see."""
+        cdef Deferred d, first
+        cdef int i
+        cdef Py_ssize_t item
+        if not prepared or len(mids) != len(prepared) - 1:
+            raise ValueError("ForwardPlan: one prepared call a layer, one output between two")
+        for shape in (x_shape, y_shape, h_shape, c_shape):
+            if len(shape) > PLAN_MAX_RANK:
+                raise ValueError(f"ForwardPlan: shape {shape} of rank > {PLAN_MAX_RANK}")
+        self.calls = <ForwardCall *> malloc(len(prepared) * sizeof(ForwardCall))
+        if self.calls == NULL:
+            raise MemoryError()
+        self.n = len(prepared)
+        first = prepared[0]
+        for i, d in enumerate(prepared):
+            if d.kind != FORWARD_CALL or d.double != first.double:
+                raise ValueError("ForwardPlan: a call that is not a prepared forward()")
+            self.calls[i] = d.forward
+        d = first
+        self.typenum = DOUBLE_TYPE if d.double else FLOAT_TYPE
+        self.lstm = d.forward.q.cell == LSTM
+        self.held, self.mids = tuple(prepared), list(mids)
+        self.zero_h, self.zero_c = zero_h, zero_c
+        self.x_nd, self.y_nd, self.h_nd = len(x_shape), len(y_shape), len(h_shape)
+        for i in range(self.x_nd):
+            self.x_dims[i] = x_shape[i]
+        for i in range(self.y_nd):
+            self.y_dims[i] = y_shape[i]
+        for i in range(self.h_nd):
+            self.h_dims[i] = h_shape[i]
+        for i in range(len(c_shape)):
+            self.c_dims[i] = c_shape[i]
+        item = 8 if d.double else 4
+        self.h_step = d.forward.q.B * d.forward.q.P * item
+        self.c_step = d.forward.q.B * d.forward.q.H * item
+        for i in range(self.n):
+            if (self.calls[i].q.B != d.forward.q.B or self.calls[i].q.P != d.forward.q.P
+                    or self.calls[i].q.S != d.forward.q.S):
+                raise ValueError("ForwardPlan: layers of different batch, width or length")
+        if not (plan_array(zero_h, self.typenum, self.h_nd, self.h_dims)
+                and (not self.lstm or plan_array(zero_c, self.typenum, self.h_nd, self.c_dims))):
+            raise ValueError("ForwardPlan: initial states not of the planned shapes")
+
+    def run(self, x, h0=None, c0=None, y=None, h_n=None, c_n=None):
+        """Run on x, from h0 (and c0) or zeros; returns (y, h_n, c_n) (c_n None but for an
+        LSTM), new arrays unless given (h_n and c_n may be h0 and c0). Returns None,
+        running nothing, when an argument is not exactly a C-contiguous aligned array of
+        the plan's type and shape (the caller then takes the validating path)."""
+        cdef int i
+        cdef ForwardCall call
+        cdef char *h0_
+        cdef char *c0_ = NULL
+        cdef char *h_n_
+        cdef char *c_n_ = NULL
+        cdef const void *layer_in
+        cdef void *layer_out
+        cdef void *y_
+        cdef Py_ssize_t h_step = self.h_step, c_step = self.c_step
+        if h0 is None:
+            h0, c0 = self.zero_h, self.zero_c
+        if not (plan_array(x, self.typenum, self.x_nd, self.x_dims)
+                and plan_array(h0, self.typenum, self.h_nd, self.h_dims)):
+            return None
+        if self.lstm and not plan_array(c0, self.typenum, self.h_nd, self.c_dims):
+            return None
+        if y is None:
+            y = cnp.PyArray_EMPTY(self.y_nd, self.y_dims, self.typenum, 0)
+        elif not (plan_array(y, self.typenum, self.y_nd, self.y_dims)
+                  and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> y)):
+            return None
+        if h_n is None:
+            h_n = cnp.PyArray_EMPTY(self.h_nd, self.h_dims, self.typenum, 0)
+        elif not (plan_array(h_n, self.typenum, self.h_nd, self.h_dims)
+                  and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> h_n)):
+            return None
+        if self.lstm:
+            if c_n is None:
+                c_n = cnp.PyArray_EMPTY(self.h_nd, self.c_dims, self.typenum, 0)
+            elif not (plan_array(c_n, self.typenum, self.h_nd, self.c_dims)
+                      and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> c_n)):
+                return None
+            c0_ = <char *> cnp.PyArray_DATA(<cnp.ndarray> c0)
+            c_n_ = <char *> cnp.PyArray_DATA(<cnp.ndarray> c_n)
+        else:
+            c_n = None
+        h0_ = <char *> cnp.PyArray_DATA(<cnp.ndarray> h0)
+        h_n_ = <char *> cnp.PyArray_DATA(<cnp.ndarray> h_n)
+        layer_in = cnp.PyArray_DATA(<cnp.ndarray> x)
+        y_ = cnp.PyArray_DATA(<cnp.ndarray> y)
+        for i in range(self.n):
+            call = self.calls[i]
+            layer_out = y_ if i == self.n - 1 else cnp.PyArray_DATA(<cnp.ndarray> self.mids[i])
+            call.q.xc, call.q.yc = layer_in, layer_out
+            call.h0, call.h_n = h0_ + i * h_step, h_n_ + i * h_step
+            if self.lstm:
+                call.c0, call.c_n = c0_ + i * c_step, c_n_ + i * c_step
+            with nogil:
+                if self.typenum == DOUBLE_TYPE:
+                    forward_call(&call, <double> 0)
+                else:
+                    forward_call(&call, <float> 0)
+            layer_in = layer_out
+        return y, h_n, c_n
 
 
 def deferred_pairs_run():

@@ -260,7 +260,10 @@ class _Buffers:
             return False
         w = weights
         held = self.ws["packed_for"] = (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr) + packs
-        return last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
+        same = last is not None and len(last) == len(held) and all(map(operator.is_, last, held))
+        if not same:  # counted: a stream's plans read these packs (_plan)
+            self.ws["packings"] = self.ws.get("packings", 0) + 1
+        return same
 
 
 def _backward_pack_shapes(cell: str, P: int, H: int, I: int, dtype):  # noqa: E741
@@ -409,6 +412,7 @@ def forward(
     ws: dict | None = None,
     later: _kernels.Deferred | None = None,
     save_input: bool = False,
+    split: bool = False,
 ):
     """Run one layer-direction. Returns (y (T,B,P), h_n (B,P), c_n (B,H) or None, tape or None).
 
@@ -417,7 +421,8 @@ def forward(
 
     With `later`, the call is prepared for one thread and not run: it returns (later,
     finish), finish() giving those results once _kernels.run_deferred(later, ...) has run it
-    (beside the other direction of a bidirectional layer).
+    (beside the other direction of a bidirectional layer). With `split` too, it keeps the
+    thread split a direct call takes, for a _kernels.ForwardPlan to run on this thread.
 
     h_n and c_n, when given, receive the final state (they may be h0 and c0 themselves: the
     kernel reads the initial state before it writes the final one). `ws`, a dict kept by the
@@ -490,7 +495,7 @@ def forward(
                 bpacks = tape_packs = _new_packs("backward", shapes, dtype, kept)
     else:
         bpacks, tape_packs = _no_packs(dtype), ()
-    if later is not None:
+    if later is not None and not split:
         bounds, unit_threads, helper = _threads.one_range(B), 1, False
     elif lengths is None:
         bounds, unit_threads, helper = _full_length_split(

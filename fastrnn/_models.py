@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, _layer, _threads, _validate
+from . import _kernels, _layer, _plan, _threads, _validate
 
 _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -86,6 +86,7 @@ class RecurrentModel:
         self._params: dict[str, np.ndarray] = {}
         self._frozen = False
         self._frozen_weights: dict = {}  # (layer, direction) -> LayerWeights, while frozen
+        self._plans = _plan.PlanCache()  # prepared inference calls (_plan)
         self._zero_bias = _read_only(np.zeros(self._gate_count * self.hidden_size, self.dtype))
         self.reset_parameters(np.random.default_rng(init_seq))
 
@@ -160,6 +161,7 @@ class RecurrentModel:
         parameters() mapping held by the caller (an optimiser's) sees the new arrays."""
         new = {k: _read_only(v) for k, v in params.items()} if self._frozen else dict(params)
         self._frozen_weights = {}
+        self._plans.clear()  # they read the old arrays, or their packs
         self._params.clear()
         self._params.update(new)
 
@@ -313,10 +315,70 @@ class RecurrentModel:
         With lengths, row b runs for lengths[b] steps: its outputs past that are zero and
         its final state is the state after its last step (its initial state if 0).
         """
+        if lengths is None and self._plans:
+            planned = self._run_planned(x, h0)
+            if planned is not None:
+                return planned
         y, h_n, c_n, (_, _, batched, _, _, _) = self._run(x, h0, lengths, training=False)
+        if lengths is None and self.num_directions == 1:
+            self._plan_calls_like(x)
         return self._present_sequence(y, batched), self._present_state(h_n, c_n, batched)
 
     forward = __call__
+
+    def _run_planned(self, x, h0):
+        """The call run by its plan (_plan), or None: no plan, or one that declines it."""
+        if type(x) is not np.ndarray:
+            return None
+        entry = _plan.find(self._plans, _plan.model_key(x), self._params)
+        if entry is None:
+            return None
+        plan = entry[1]
+        if h0 is None:
+            out = plan.run(x)
+        elif self._cell != "lstm":
+            out = plan.run(x, h0)
+        elif type(h0) in (tuple, list) and len(h0) == 2:
+            out = plan.run(x, h0[0], h0[1])
+        else:
+            return None
+        if out is None:
+            return None
+        y, h_n, c_n = out
+        return y, (h_n if c_n is None else (h_n, c_n))
+
+    def _plan_calls_like(self, x) -> None:
+        """After a call that took the validating path: plan calls of x's shape, if they
+        recur and a plan can take them (_plan)."""
+        if not _plan.eligible_input(x, self.dtype):
+            return
+        key = _plan.model_key(x)
+        if not _plan.wants(self._plans, key, self._params):
+            return
+        batched = x.ndim == 3
+        if not batched:
+            T, B = x.shape[0], 1
+        elif self.batch_first:
+            B, T = x.shape[:2]
+            if B != 1:  # (B, T, I) is not time-major
+                return
+        else:
+            T, B = x.shape[:2]
+        if T == 0 or B == 0 or not _plan.small_enough(self, T, B):
+            return
+        L, P, H = self.num_layers, self._h_size, self.hidden_size
+        lstm = self._cell == "lstm"
+        if batched:
+            y_shape = (B, T, P) if self.batch_first else (T, B, P)
+            h_shape, c_shape = (L, B, P), (L, B, H)
+        else:
+            y_shape, h_shape, c_shape = (T, P), (L, P), (L, H)
+        c_shape = c_shape if lstm else ()
+        zeros = (_zeros(h_shape, self.dtype), _zeros(c_shape, self.dtype) if lstm else None)
+        xs = x.reshape(T, B, self.input_size)
+        plan = _plan.prepare(self, xs, (x.shape, y_shape, h_shape, c_shape), zeros)
+        if plan is not None:
+            self._plans.remember(key, (tuple(self._params.values()), plan, None))
 
     def stream(self, batch_size: int, h0=None):
         """A Stream: feed this (unidirectional) model chunk by chunk or step by step, with

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _layer, _validate
+from . import _layer, _plan, _threads, _validate
 
 
 class Stream:
@@ -36,6 +36,9 @@ class Stream:
         self._h = np.zeros((L, B, model._h_size), model.dtype)
         self._c = np.zeros((L, B, model.hidden_size), model.dtype) if self._is_lstm else None
         self._ws = [{} for _ in range(L)]
+        # prepared calls (_plan), each valid while the parameters are the same arrays and
+        # no call has packed them anew since (the packings each ws counts)
+        self._plans = _plan.PlanCache()
         self._bf = {}  # a time-major copy of batch_first chunks
         if h0 is not None:
             self.reset(h0=h0)
@@ -44,6 +47,7 @@ class Stream:
         """Repack the weights at the next call (after in-place parameter updates)."""
         for ws in self._ws:
             ws.pop("packed_for", None)
+        self._plans.clear()  # they would read the old packs
 
     @property
     def state(self):
@@ -109,7 +113,38 @@ class Stream:
         y = self._run(x_t.reshape(1, self.batch_size, m.input_size))
         return self._deliver(y[0], out, batch_first=False)
 
+    def _packings(self) -> tuple:
+        return tuple(ws.get("packings", 0) for ws in self._ws)
+
     def _run(self, x):
+        """Run x (T, B, I), time-major and of the model's dtype, from the carried state."""
+        m = self.model
+        key = (_threads.get_num_threads(), x.shape)
+        if self._plans:
+            entry = _plan.find(self._plans, key, m._params)
+            if entry is not None and entry[2][1] == self._packings():
+                y = entry[2][0]
+                if entry[1].run(x, self._h, self._c, y, self._h, self._c) is not None:
+                    return y
+        y = self._run_layers(x)
+        if _plan.eligible_input(x, m.dtype) and _plan.wants(self._plans, key, m._params):
+            self._plan_chunks_like(x, key)
+        return y
+
+    def _plan_chunks_like(self, x, key) -> None:
+        T, B, _ = x.shape
+        m = self.model
+        if T == 0 or B == 0 or not _plan.small_enough(m, T, B):
+            return
+        L, P, H = m.num_layers, m._h_size, m.hidden_size
+        c_shape = (L, B, H) if self._is_lstm else ()
+        shapes = (x.shape, (T, B, P), (L, B, P), c_shape)
+        plan = _plan.prepare(m, x, shapes, (self._h, self._c), self._ws)
+        if plan is not None:
+            y = np.empty((T, B, P), m.dtype)
+            self._plans.remember(key, (tuple(m._params.values()), plan, (y, self._packings())))
+
+    def _run_layers(self, x):
         m = self.model
         layer_in = x
         for layer in range(m.num_layers):

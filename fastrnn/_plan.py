@@ -1,0 +1,133 @@
+"""Prepared inference calls: a small call without the Python that prepares it.
+
+An inference call spends ~8 us in Python before its kernels run (validation, layout,
+buffers, the kernels' argument checks), which is most of a single step's time (an RNN step
+(1, 1, 64, 64): 10 us, 1.5 of them in the kernel). The second call of a model (or stream)
+with an input of one shape, on one thread, prepares every layer's forward() call once into
+a _kernels.ForwardPlan; later calls of that shape hand the new arrays straight to it. It
+takes only what needs no conversion: exactly the model's dtype, C-contiguous and aligned,
+no `lengths`, one direction, in the layout the kernels read (time-major, or batch-first
+with one row); anything else, or anything it declines, takes the validating path as before.
+
+A plan is valid while the model's parameters are the arrays it was prepared with (checked
+on every call: a live model's parameters() may have entries replaced) and, for a frozen
+model or a stream, while the packed weights it reads are unchanged: _set_params clears a
+model's plans, and a stream counts its packings (see Stream).
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+
+import numpy as np
+
+from . import _kernels, _layer, _threads
+
+_MAX_PLANS = 8  # per model or stream, the oldest dropped first
+_SEEN = object()  # a key seen once: planned the second time (a call of a new shape each
+# time, such as sequences of many lengths, plans nothing)
+
+
+class PlanCache(dict):
+    """key -> (parameter arrays, plan, extra) or _SEEN. Copies and pickles of a model start
+    with none (a plan holds this process's scratch and this thread's)."""
+
+    def __reduce__(self):
+        return (PlanCache, ())
+
+    def __deepcopy__(self, memo):
+        return PlanCache()
+
+    def remember(self, key, entry) -> None:
+        if key not in self and len(self) >= _MAX_PLANS:
+            try:
+                del self[next(iter(self))]  # dicts keep insertion order
+            except (KeyError, RuntimeError, StopIteration):  # another thread changed it
+                pass
+        self[key] = entry
+
+
+def _same_arrays(held: tuple, params: dict) -> bool:
+    return len(held) == len(params) and all(map(operator.is_, held, params.values()))
+
+
+def find(cache: PlanCache, key, params: dict):
+    """The entry planned for `key` with these parameter arrays, or None."""
+    entry = cache.get(key)
+    if entry is None or entry is _SEEN or not _same_arrays(entry[0], params):
+        return None
+    return entry
+
+
+def wants(cache: PlanCache, key, params: dict) -> bool:
+    """Whether a call of `key` that took the validating path should plan now: the second
+    time the key is seen, or when its plan is stale (not when its plan declined the call)."""
+    entry = cache.get(key)
+    if entry is None:
+        cache.remember(key, _SEEN)
+        return False
+    return entry is _SEEN or not _same_arrays(entry[0], params)
+
+
+def eligible_input(x, dtype: np.dtype) -> bool:
+    """Whether x is an array a plan takes as it is."""
+    return (
+        type(x) is np.ndarray
+        and x.dtype == dtype
+        and x.ndim in (2, 3)
+        and x.flags.c_contiguous
+        and x.flags.aligned
+    )
+
+
+def small_enough(model, T: int, B: int) -> bool:
+    """Whether every layer's scratch is kept per thread (_layer._WORKSPACE_MAX_BYTES):
+    larger calls gain nothing measurable from a plan, which would hold their scratch."""
+    P, H = model._h_size, model.hidden_size
+    proj = P != H
+    for layer in range(model.num_layers):
+        I = model.input_size if layer == 0 else P  # noqa: E741
+        _, nbytes = _layer._forward_shapes(model._cell, T, B, I, H, P, model.dtype, False, proj)
+        if nbytes > _layer._WORKSPACE_MAX_BYTES:
+            return False
+    return True
+
+
+def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
+    """A ForwardPlan of the model's layers over inputs shaped as xs (T, B, I), time-major,
+    presented in `shapes` (x, y, h, c); zeros: the (h, c) initial state of a call without
+    one, in the presented shapes. ws_list: a stream's kept workspaces, one a layer. None
+    when a frozen layer has no packs yet (its first call makes them)."""
+    T, B, _ = xs.shape
+    L, P, H = model.num_layers, model._h_size, model.hidden_size
+    lstm = model._cell == "lstm"
+    dtype = model.dtype
+    # the state arrays the calls are prepared with; run() gives them new ones each time
+    h0, h_n = np.zeros((L, B, P), dtype), np.empty((L, B, P), dtype)
+    c0 = np.zeros((L, B, H), dtype) if lstm else None
+    c_n = np.empty((L, B, H), dtype) if lstm else None
+    prepared, mids = [], []
+    layer_in = xs
+    for layer in range(L):
+        weights = model._weights(layer, 0)
+        if weights.frozen and "forward" not in weights.packs:
+            return None
+        later = _kernels.Deferred()
+        _layer.forward(
+            model._cell, weights, layer_in, h0[layer], None if c0 is None else c0[layer],
+            None, False, False, h_n=h_n[layer], c_n=None if c_n is None else c_n[layer],
+            ws=None if ws_list is None else ws_list[layer], later=later, split=True,
+        )  # fmt: skip
+        prepared.append(later)
+        if layer < L - 1:
+            layer_in = np.empty((T, B, P), dtype)
+            mids.append(layer_in)
+    x_shape, y_shape, h_shape, c_shape = shapes
+    return _kernels.ForwardPlan(prepared, mids, x_shape, y_shape, h_shape, c_shape, *zeros)
+
+
+def model_key(x: np.ndarray) -> tuple:
+    """A model's plans are per thread (they share its scratch), per thread count (the split
+    is part of the plan) and per input shape."""
+    return (threading.get_ident(), _threads.get_num_threads(), x.shape)
