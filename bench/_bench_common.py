@@ -35,6 +35,9 @@ STACKED_SHAPES = (STACKED_SHAPE, (100, 1, 64, 64))
 # three with a hidden size off the vector width, and a batch past 128 (BLAS's until the own
 # kernels measured faster there too)
 OTHER_SHAPES = ((100, 2, 256, 256), (100, 3, 128, 200), (30, 256, 128, 128))
+# Streaming: one step a call (T = 1), the state carried from call to call, where the time
+# outside the kernels decides
+STEP_SHAPES = ((1, 1, 64, 64), (1, 8, 256, 256))
 
 _FASTRNN_CLASSES = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 _TORCH_CLASS_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -100,6 +103,37 @@ def fastrnn_training(model, x, dy):
     def step():
         _, _, backward = model.forward_train(x)
         return backward(dy).x
+
+    return step
+
+
+def fastrnn_stream_steps(model, x):
+    """One step of model.stream(B): stream.step(x[0], out=...), the state carried."""
+    stream = model.stream(x.shape[1])
+    out = np.empty((x.shape[1], output_features(model)), model.dtype)
+    return lambda: stream.step(x[0], out=out)
+
+
+def fastrnn_state_steps(model, x):
+    """One step as a call that takes and returns the state: y, h = model(x, h)."""
+    state = [None]
+
+    def step():
+        y, state[0] = model(x, state[0])
+        return y
+
+    return step
+
+
+def torch_state_steps(torch, module, x):
+    """module(x, h) under torch.no_grad(), the state carried from call to call."""
+    xt = torch.from_numpy(x)
+    state = [None]
+
+    def step():
+        with torch.no_grad():
+            y, state[0] = module(xt, state[0])
+        return y
 
     return step
 

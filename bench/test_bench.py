@@ -12,7 +12,9 @@ and each mode there is one benchmark for fastrnn and one for torch, in one group
 
 A 2-layer bidirectional model of each cell runs at ``STACKED_SHAPES`` in both modes too, and
 fastrnn's inference runs once more per cell and shape on a frozen model (``freeze()``: the
-weights stay packed between calls), in the same group.
+weights stay packed between calls), in the same group. Streaming (``STEP_SHAPES``, one step
+a call, the state carried) compares ``stream.step`` and ``y, h = model(x, h)`` on a frozen
+model with torch's ``module(x, h)``, in groups ``{cell}-step-T1B..I..H..``.
 torch benchmarks are skipped when torch is not installed.
 
 Threads: ``FASTRNN_BENCH_THREADS`` (default 1) sets torch.set_num_threads and, through
@@ -114,3 +116,26 @@ def test_two_layer_bidirectional(benchmark, cell, shape, mode, framework):
 def test_single_layer_frozen_inference(benchmark, cell, shape):
     benchmark.group = f"{cell}-inference-{common.shape_id(shape)}"
     _bench(benchmark, cell, shape, "inference", "fastrnn", frozen=True)
+
+
+STEP_WAYS = ("fastrnn-stream", "fastrnn-call", "torch")
+
+
+@pytest.mark.parametrize("way", STEP_WAYS)
+@pytest.mark.parametrize("shape", common.STEP_SHAPES, ids=common.shape_id)
+@pytest.mark.parametrize("cell", common.CELLS)
+def test_streaming_step(benchmark, cell, shape, way):
+    benchmark.group = f"{cell}-step-{common.shape_id(shape)}"
+    T, B, I, H = shape  # noqa: E741
+    model = common.make_fastrnn(cell, I, H).freeze()
+    x, _ = common.make_data(shape, H)
+    if way == "fastrnn-stream":
+        step = common.fastrnn_stream_steps(model, x)
+    elif way == "fastrnn-call":
+        step = common.fastrnn_state_steps(model, x)
+    else:
+        torch = pytest.importorskip("torch")
+        step = common.torch_state_steps(torch, common.make_torch(torch, cell, model), x)
+    benchmark.extra_info.update(threads=THREADS, shape=list(shape))
+    out = benchmark(step)
+    assert tuple(out.shape) == ((B, H) if way == "fastrnn-stream" else (T, B, H))

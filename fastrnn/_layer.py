@@ -394,7 +394,9 @@ def _split(lens, order, S: int, B: int, I: int, GH: int, P: int, itemsize: int):
     """How a call's time loop is shared among threads (_threads)."""
     bounds = _threads.row_bounds(lens, order, S, GH * (P + I))
     full = B <= 1 or int(lens[order[-1]]) >= S
-    unit_threads = _threads.unit_threads(B, S, B * GH * P, full, GH * P * itemsize)
+    unit_threads = _threads.unit_threads(
+        B, S, B * GH * P, full, GH * P * itemsize, GH * I * itemsize
+    )
     return bounds, unit_threads, _threads.projection_helper(bounds, unit_threads, S * B * GH * I)
 
 

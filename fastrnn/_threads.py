@@ -105,19 +105,44 @@ def _l2_bytes() -> int:
 _L2_BYTES = _l2_bytes()
 
 
+# A short call splits by units when its weights (W_ih and W_hh packed) are more than half a
+# core's L2: each thread then packs or reads only its half of both, and calls that come
+# back to them (a frozen model, a stream) find each half in its own core's L2, where one
+# thread streamed all of them from L3 on every call. Measured on the 2-core Xeon (2 MiB L2;
+# frozen float32 models, repeated calls, 2 threads, units / the rules below, I = H unless
+# given): one step (T = 1) at batch 1, LSTM H = 256 0.20, GRU H = 256 0.42, RNN H = 512
+# 0.23, LSTM H = 192 (I = 128, 0.94 MiB) 0.89, RNN H = 384 (I = 256) 0.89; LSTM H = 256 at
+# T x B = 1 x 4 0.35, 1 x 8 0.53, 1 x 16 0.60, 1 x 32 0.77, 1 x 64 0.89, 2 x 8 0.60,
+# 4 x 8 0.79, 8 x 8 0.95, 16 x 4 0.90, 2 x 32 0.95; GRU H = 256 1 x 16 0.87, 16 x 4 0.88,
+# 4 x 16 0.99; RNN H = 512 1 x 4 0.33, 8 x 8 0.89. Level where the weights fit one L2
+# (LSTM and GRU H = 128, RNN H = 256: 0.98-1.06) or fit no two (GRU H = 512, 6 MiB: 1.00).
+_MAX_SPREAD_TOKENS = 64  # steps x rows of the calls measured
+
+
 def unit_threads(
-    batch: int, steps: int, macs_per_step: int, full: bool = True, weight_bytes: int = 0
+    batch: int,
+    steps: int,
+    macs_per_step: int,
+    full: bool = True,
+    weight_bytes: int = 0,
+    input_weight_bytes: int = 0,
 ) -> int:
     """Threads that share each step of a call by hidden units (1: no split); full: every row
-    runs every step (more than one row shares its steps only then); weight_bytes: W_hh's."""
-    fits = weight_bytes <= _L2_BYTES
+    runs every step (more than one row shares its steps only then); weight_bytes: W_hh's,
+    input_weight_bytes: W_ih's."""
     if (
         batch < 1
-        or (batch >= 2 * _num_threads and fits)
-        or (batch > 1 and fits and macs_per_step < _MIN_UNIT_STEP_WORK_ROWS)
         or (batch > 1 and not full)
         or _num_threads <= 1
         or macs_per_step < _MIN_UNIT_STEP_WORK
+    ):
+        return 1
+    if 2 * (weight_bytes + input_weight_bytes) > _L2_BYTES and steps * batch <= _MAX_SPREAD_TOKENS:
+        return _num_threads  # a short call over weights that one L2 does not hold
+    fits = weight_bytes <= _L2_BYTES
+    if (
+        (batch >= 2 * _num_threads and fits)
+        or (batch > 1 and fits and macs_per_step < _MIN_UNIT_STEP_WORK_ROWS)
         or steps * macs_per_step < _MIN_PARALLEL_WORK // 4
     ):
         return 1

@@ -524,7 +524,7 @@ def test_l2_size_is_read():
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_batch_one_split_at_natural_size(cell):
     """(T, B, I, H) = (50, 1, 16, 256) shares its steps by units at the default cut-offs; a
-    stream stepping one step at a time (no split) gives the same numbers bit for bit."""
+    stream stepping one step at a time on one thread gives the same numbers bit for bit."""
     saved = fastrnn.get_num_threads()
     rng = np.random.default_rng(42)
     model = make_model(cell, 16, 256, dtype=np.float32, seed=42)
@@ -548,6 +548,45 @@ def test_batch_one_split_at_natural_size(cell):
     np.testing.assert_array_equal(g2.x, g1.x)
     for name, value in g1.params.items():
         np.testing.assert_array_equal(g2.params[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "cell, hidden, batch", [("lstm", 256, 1), ("gru", 256, 8), ("rnn_tanh", 512, 4)]
+)
+def test_short_calls_over_large_weights_split_by_units(cell, hidden, batch):
+    """A call of a few tokens whose W_ih and W_hh overflow half a core's L2 shares its steps
+    by units (each core then keeps its half of the weights): one step and a training step
+    give the one-thread numbers bit for bit, and so does a stream, step by step."""
+    saved = fastrnn.get_num_threads()
+    rng = np.random.default_rng(43)
+    model = make_model(cell, hidden, hidden, dtype=np.float32, seed=43).freeze()
+    x = normal(rng, (3, batch, hidden), np.float32)
+    dy = normal(rng, (1, batch, hidden), np.float32)
+    G = {"rnn_tanh": 1, "lstm": 4, "gru": 3}[cell]
+    lens, order = fastrnn._layer._full_lengths(1, batch)
+    results = {}
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            _, split, _ = fastrnn._layer._split(
+                lens, order, 1, batch, hidden, G * hidden, hidden, 4
+            )
+            assert split == n
+            y, h = model(x[:1])
+            _, _, backward = model.forward_train(x[:1])
+            grads = backward(dy)
+            stream = model.stream(batch)
+            stepped = np.stack([stream.step(x[t]) for t in range(3)])
+            results[n] = [y, h, grads.x, *grads.params.values(), stepped]
+        # the rule's edges: weights one L2 holds, or many tokens over weights that fit
+        fastrnn.set_num_threads(2)
+        small = fastrnn._threads.unit_threads(1, 1, 64 * 64, True, 64 * 64 * 4, 64 * 64 * 4)
+        many = fastrnn._threads.unit_threads(8, 100, 8 * 1024 * 256, True, 1 << 20, 1 << 20)
+        assert (small, many) == (1, 1)
+    finally:
+        fastrnn.set_num_threads(saved)
+    for one, two in zip(results[1], results[2], strict=True):
+        np.testing.assert_array_equal(two, one)
 
 
 @pytest.fixture
