@@ -122,7 +122,9 @@ class Stream:
         key = (_threads.get_num_threads(), x.shape)
         if self._plans:
             entry = _plan.find(self._plans, key, m._params)
-            if entry is not None and entry[2][1] == self._packings():
+            if entry is not None and entry[2][1] != self._packings():
+                del self._plans[key]  # the packs it reads were made anew: plan again
+            elif entry is not None:
                 y = entry[2][0]
                 if entry[1].run(x, self._h, self._c, y, self._h, self._c) is not None:
                     return y

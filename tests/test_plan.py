@@ -296,3 +296,28 @@ def test_planned_stream_follows_parameter_changes(cell):
         y, h = m(x[lo:hi], h)
         want.append(y)
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+
+
+def test_stream_plans_again_after_its_packs_were_made_anew(monkeypatch):
+    """A plan whose packs another call made anew is dropped and made again: the stream goes
+    back to planned calls (and the same numbers) rather than the validating path for good."""
+    rng = np.random.default_rng(15)
+    model = fastrnn.LSTM(I, H, seed=15)
+    other = fastrnn.LSTM(I, H, seed=16)
+    x = normal(rng, (13, B, I), np.float32)
+    stream = model.stream(B)
+    saved = dict(model.parameters())
+    got = [stream(x[t : t + 2]) for t in (0, 2)]  # a plan for chunks of two, then
+    model.load_state_dict(other.state_dict())
+    got += [stream.step(x[t])[None] for t in (4, 5)]  # single steps pack `other`'s weights
+    model.parameters().update(saved)
+    got += [stream(x[t : t + 2]) for t in (6, 8)]  # packed anew, planned anew
+    no_validating_path(monkeypatch)
+    got.append(stream(x[10:12]))
+    monkeypatch.undo()
+    got.append(stream.step(x[12])[None])  # packed anew for the steps' plan
+    want, h = [], None
+    for lo, hi, m in ((0, 4, model), (4, 6, other), (6, 13, model)):
+        y, h = fresh(m)(x[lo:hi], h)
+        want.append(y)
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
