@@ -17,6 +17,7 @@ model's plans, and a stream counts its packings (see Stream).
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 
@@ -82,16 +83,23 @@ def eligible_input(x, dtype: np.dtype) -> bool:
 
 
 def small_enough(model, T: int, B: int) -> bool:
-    """Whether every layer's scratch is kept per thread (_layer._WORKSPACE_MAX_BYTES):
-    larger calls gain nothing measurable from a plan, which would hold their scratch."""
+    """Whether what a plan of these calls would hold for as long as it is kept, its layers'
+    scratch and the outputs between them, is at most _layer._WORKSPACE_MAX_BYTES. Not the
+    packs of a frozen model, which are its weights' own (a frozen LSTM step (1, 1, 512,
+    512) reads 8 MiB of them and holds 30 KiB), nor the input copy, which no plan makes.
+    Calls that need more take long enough for a plan to gain nothing measurable."""
     P, H = model._h_size, model.hidden_size
     proj = P != H
+    itemsize = model.dtype.itemsize
+    unheld = ("xc", "wpack", "ipack") if model.frozen else ("xc",)
+    held = (model.num_layers - 1) * T * B * P * itemsize
     for layer in range(model.num_layers):
         I = model.input_size if layer == 0 else P  # noqa: E741
-        _, nbytes = _layer._forward_shapes(model._cell, T, B, I, H, P, model.dtype, False, proj)
-        if nbytes > _layer._WORKSPACE_MAX_BYTES:
-            return False
-    return True
+        shapes, nbytes = _layer._forward_shapes(
+            model._cell, T, B, I, H, P, model.dtype, False, proj
+        )
+        held += nbytes - sum(math.prod(shapes[k]) for k in unheld) * itemsize
+    return held <= _layer._WORKSPACE_MAX_BYTES
 
 
 def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):

@@ -321,3 +321,19 @@ def test_stream_plans_again_after_its_packs_were_made_anew(monkeypatch):
         y, h = fresh(m)(x[lo:hi], h)
         want.append(y)
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+
+
+def test_frozen_model_plans_single_steps_over_large_weights(monkeypatch):
+    """The packs of a frozen model are its weights' own, not a plan's: a step of an LSTM
+    whose packs (8 MiB) exceed what a plan may hold is planned all the same."""
+    rng = np.random.default_rng(17)
+    model = fastrnn.LSTM(512, 512, seed=17).freeze()
+    x = normal(rng, (1, 1, 512), np.float32)
+    planned(model, x)
+    x2 = normal(rng, (1, 1, 512), np.float32)
+    no_validating_path(monkeypatch)
+    got = model(x2)
+    monkeypatch.undo()
+    twin = fastrnn.LSTM(512, 512)
+    twin.load_state_dict(model.state_dict())
+    assert_same(got, twin(x2))
