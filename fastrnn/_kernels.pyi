@@ -5,6 +5,7 @@ int64 arrays are as stated. Each kernel has a float and a double specialisation,
 as ``kernel["float"]`` / ``kernel["double"]``.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,34 @@ class ForwardPlan:
         h_n: _F | None = None,
         c_n: _F | None = None,
     ) -> tuple[_F, _F, _F | None] | None: ...
+
+class TrainingTape:
+    """What a TrainingPlan.forward() call keeps for its backward pass."""
+
+class TrainingPlan:
+    """Prepared training passes (forward and backward) of a stack of layers, re-run on new
+    arrays of one shape."""
+    def __init__(
+        self,
+        forwards: list[Deferred],
+        backwards: list[Deferred],
+        tape_shapes: list[tuple[tuple[int, ...], ...]],
+        grad_shapes: list[tuple[tuple[int, ...], ...]],
+        backward_scratch: list[Callable[[], tuple[_F, _F, _F, _F, bool]]],
+        shapes: tuple[tuple[int, ...], ...],
+        time_major: tuple[tuple[int, ...], ...],
+        zero_h: _F,
+        zero_c: _F | None,
+        scratch: Callable[[tuple[int, ...], Any], _F],
+        release: Callable[..., None],
+        dtype: Any,
+    ) -> None: ...
+    def forward(
+        self, x: _F, h0: _F | None = None, c0: _F | None = None
+    ) -> tuple[_F, _F, _F | None, TrainingTape] | None: ...
+    def backward(
+        self, tape: TrainingTape, dy: Any, dh_n: Any = None, dc_n: Any = None
+    ) -> tuple[_F, _F, _F | None, tuple[tuple[_F, _F, _F, _F], ...]] | None: ...
 
 sigmoid: _Fused
 """sigmoid(x (n,), out (n,))"""

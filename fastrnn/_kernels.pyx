@@ -1632,6 +1632,285 @@ cdef class ForwardPlan:
         return y, h_n, c_n
 
 
+# Indices, in forward()'s and backward()'s kept arrays (Deferred.arrays), of those a
+# TrainingPlan gives anew on every call; it holds the others (weights, row order, thread
+# split, this thread's scratch) and, of these, only the empty ones (the arrays of a cell
+# that has no cell state, no saved activations...), which no call reads.
+FORWARD_PER_CALL = frozenset((0, 6, 7, 11, 12, 13, 15, 16, 17, 22, 23, 24))
+BACKWARD_PER_CALL = frozenset((0, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23,
+                               24, 25, 26, 27, 28))
+
+
+cdef tuple held_arrays(Deferred d, per_call):
+    return tuple(a for i, a in enumerate(d.arrays) if i not in per_call or a.size == 0)
+
+
+cdef object new_array(tuple shape, int typenum):
+    cdef cnp.npy_intp dims[PLAN_MAX_RANK]
+    cdef int i
+    for i in range(len(shape)):
+        dims[i] = shape[i]
+    return cnp.PyArray_EMPTY(len(shape), dims, typenum, 0)
+
+
+cdef inline void *array_data(object a) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+cdef class TrainingTape:
+    """What one TrainingPlan.forward() call keeps for its backward pass: per layer, its
+    input (layer 0: the call's own copy of x), states, activations and the packs of W_hh
+    and W_ih that are this pass's copy of the weights. Those it took from the spares go
+    back there when it dies (`release`), as a Tape's do."""
+    cdef TrainingPlan plan
+    cdef tuple layers           # per layer: (xc, hs, cs, acts, bwpack, bipack)
+    cdef tuple spare
+    cdef object release
+
+    def __dealloc__(self):
+        if self.release is not None and self.spare:
+            try:
+                self.release(*self.spare)
+            except BaseException:  # (interpreter shutdown) the arrays are freed as they are
+                pass
+
+
+cdef class TrainingPlan:
+    """A training pass through a stack of layers (one direction each), prepared once for
+    inputs of one shape: forward() runs the layers from their prepared forward() calls with
+    new arrays for what the pass keeps, and backward() runs them back from their prepared
+    backward() calls, with nothing prepared anew (a training step of an LSTM (20, 1, 32,
+    32) spent ~55 us in the Python that prepares its calls, its kernels ~25).
+
+    The calls are prepared by the Python layer (Deferreds, with the thread split a direct
+    call takes) and copied; the plan keeps only the arrays they read on every call (the
+    weights, the row order and split, this thread's forward scratch), and gives each call
+    its own input copy, saved states, activations and packs (from `scratch`, the spares,
+    returned there when the TrainingTape dies), outputs and gradients (new arrays). The
+    backward scratch is the calling thread's (`backward_scratch[layer]()`). forward() runs on
+    the thread that prepared it; a tape's backward() on any.
+    """
+    cdef ForwardCall *fcalls
+    cdef BackwardCall *bcalls
+    cdef int n, typenum
+    cdef bint lstm
+    cdef object held            # the arrays the prepared calls read on every call
+    cdef object scratch         # scratch(shape, dtype): an array from the spares
+    cdef object release         # release(*arrays): back to the spares
+    cdef list backward_scratch  # per layer: () -> (dgx, dgh, dhs, gbuf, kept)
+    cdef list tape_shapes       # per layer: shapes of (hs, cs, acts, bwpack, bipack)
+    cdef list grad_shapes       # per layer: shapes of (dW_ih, dW_hh, db_ih, db_hh)
+    cdef object dtype
+    cdef object zero_h, zero_c  # the initial state, and dh_n / dc_n, of a call without one
+    cdef tuple x_shape, y_shape, h_shape, c_shape   # as the caller presents them
+    cdef tuple xt_shape, yt_shape, ht_shape, ct_shape  # time-major, as the kernels see them
+    cdef Py_ssize_t h_step, c_step  # bytes of one layer's state
+
+    def __cinit__(self):
+        self.fcalls = self.bcalls = NULL
+
+    def __dealloc__(self):
+        free(self.fcalls)
+        free(self.bcalls)
+
+    def __init__(self, list forwards, list backwards, list tape_shapes, list grad_shapes,
+                 list backward_scratch, tuple shapes, tuple time_major, zero_h, zero_c,
+                 scratch, release, dtype):
+        """forwards, backwards: per layer, in order, a Deferred from forward(..., training,
+        later, split) over a time-major input (T, B, I_layer) and one from backward(...,
+        later, split) of its tape; shapes: (x, y, h, c) as the caller presents them, the same
+        memory as the time-major `time_major` (T, B, I), (T, B, P), (n, B, P), (n, B, H) (c:
+        () but for an LSTM); zero_h / zero_c: read-only zeros of the presented h and c."""
+        cdef Deferred f, b, first
+        cdef int i, n
+        cdef Py_ssize_t item
+        n = len(forwards)
+        if (n == 0 or len(backwards) != n or len(tape_shapes) != n or len(grad_shapes) != n
+                or len(backward_scratch) != n):
+            raise ValueError("TrainingPlan: one prepared forward and backward call a layer")
+        for shape in shapes + time_major:
+            if len(shape) > PLAN_MAX_RANK:
+                raise ValueError(f"TrainingPlan: shape {shape} of rank > {PLAN_MAX_RANK}")
+        self.fcalls = <ForwardCall *> malloc(n * sizeof(ForwardCall))
+        self.bcalls = <BackwardCall *> malloc(n * sizeof(BackwardCall))
+        if self.fcalls == NULL or self.bcalls == NULL:
+            raise MemoryError()
+        self.n = n
+        first = forwards[0]
+        held = []
+        for i in range(n):
+            f, b = forwards[i], backwards[i]
+            if (f.kind != FORWARD_CALL or b.kind != BACKWARD_CALL or f.double != first.double
+                    or b.double != first.double or not f.forward.q.training):
+                raise ValueError("TrainingPlan: calls that are not a prepared training pass")
+            if (f.forward.q.S != first.forward.q.S or f.forward.q.B != first.forward.q.B
+                    or f.forward.q.P != first.forward.q.P or f.forward.q.proj):
+                raise ValueError("TrainingPlan: layers of different batch, width or length")
+            self.fcalls[i], self.bcalls[i] = f.forward, b.backward
+            held.append(held_arrays(f, FORWARD_PER_CALL))
+            held.append(held_arrays(b, BACKWARD_PER_CALL))
+        self.held = tuple(held)
+        self.typenum = DOUBLE_TYPE if first.double else FLOAT_TYPE
+        self.lstm = first.forward.q.cell == LSTM
+        self.tape_shapes, self.grad_shapes = list(tape_shapes), list(grad_shapes)
+        self.backward_scratch = list(backward_scratch)
+        self.scratch, self.release, self.dtype = scratch, release, dtype
+        self.zero_h, self.zero_c = zero_h, zero_c
+        self.x_shape, self.y_shape, self.h_shape, self.c_shape = shapes
+        self.xt_shape, self.yt_shape, self.ht_shape, self.ct_shape = time_major
+        item = 8 if first.double else 4
+        self.h_step = first.forward.q.B * first.forward.q.P * item
+        self.c_step = first.forward.q.B * first.forward.q.H * item
+
+    cdef bint exact(self, a, tuple shape, tuple also=None):
+        """Whether `a` is exactly a C-contiguous aligned array of the plan's type and of
+        `shape` (or `also`)."""
+        cdef cnp.npy_intp dims[PLAN_MAX_RANK]
+        cdef int i
+        if type(a) is not cnp.ndarray:
+            return False
+        for candidate in (shape, also):
+            if candidate is None:
+                continue
+            for i in range(len(candidate)):
+                dims[i] = candidate[i]
+            if plan_array(a, self.typenum, len(candidate), dims):
+                return True
+        return False
+
+    def forward(self, x, h0=None, c0=None):
+        """The forward pass on x from h0 (and c0) or zeros: (y, h_n, c_n, tape), c_n None
+        but for an LSTM; or None, running nothing, when an argument is not exactly a
+        C-contiguous aligned array of the plan's type and presented shape."""
+        cdef int i
+        cdef ForwardCall call
+        cdef char *h0_
+        cdef char *c0_ = NULL
+        cdef char *h_n_
+        cdef char *c_n_ = NULL
+        cdef TrainingTape tape
+        if h0 is None:
+            h0, c0 = self.zero_h, self.zero_c
+        if not (self.exact(x, self.x_shape) and self.exact(h0, self.h_shape)):
+            return None
+        if self.lstm and not self.exact(c0, self.c_shape):
+            return None
+        y = new_array(self.y_shape, self.typenum)
+        h_n = new_array(self.h_shape, self.typenum)
+        c_n = new_array(self.c_shape, self.typenum) if self.lstm else None
+        h0_, h_n_ = <char *> array_data(h0), <char *> array_data(h_n)
+        if self.lstm:
+            c0_, c_n_ = <char *> array_data(c0), <char *> array_data(c_n)
+        scratch, dtype = self.scratch, self.dtype
+        layers, spare = [], []
+        layer_x = x
+        for i in range(self.n):
+            call = self.fcalls[i]
+            hs_shape, cs_shape, acts_shape, bw_shape, bi_shape = self.tape_shapes[i]
+            hs, bw, bi = scratch(hs_shape, dtype), scratch(bw_shape, dtype), scratch(bi_shape, dtype)
+            spare += [hs, bw, bi]
+            cs = acts = None
+            if self.lstm:
+                cs = scratch(cs_shape, dtype)
+                spare.append(cs)
+                call.q.cs = array_data(cs)
+                call.c0, call.c_n = c0_ + i * self.c_step, c_n_ + i * self.c_step
+            if call.q.NA > 0:
+                acts = scratch(acts_shape, dtype)
+                spare.append(acts)
+                call.q.acts = array_data(acts)
+            if i == 0:  # x is the caller's: the tape keeps a copy, made as it is projected
+                xc = scratch(self.xt_shape, dtype)
+                spare.append(xc)
+                call.q.xsave = array_data(xc)
+            else:
+                xc = layer_x
+                call.q.xsave = NULL
+            layer_y = y if i == self.n - 1 else new_array(self.yt_shape, self.typenum)
+            call.q.xc, call.q.yc = array_data(layer_x), array_data(layer_y)
+            call.q.hs, call.q.bpk, call.q.bipk = array_data(hs), array_data(bw), array_data(bi)
+            call.h0, call.h_n = h0_ + i * self.h_step, h_n_ + i * self.h_step
+            with nogil:
+                if self.typenum == DOUBLE_TYPE:
+                    forward_call(&call, <double> 0)
+                else:
+                    forward_call(&call, <float> 0)
+            layers.append((xc, hs, cs, acts, bw, bi))
+            layer_x = layer_y
+        tape = TrainingTape.__new__(TrainingTape)
+        tape.plan, tape.layers, tape.spare, tape.release = self, tuple(layers), tuple(spare), self.release
+        return y, h_n, c_n, tape
+
+    def backward(self, TrainingTape tape, dy, dh_n=None, dc_n=None):
+        """The backward pass of `tape` (from this plan's forward()) for dL/dy and the final
+        state's gradients (None: zeros): (dx, dh0, dc0, grads) with dx (T, B, I), dh0
+        (n, B, P), dc0 (n, B, H) time-major (dc0 None but for an LSTM) and grads, per
+        layer, (dW_ih, dW_hh, db_ih, db_hh). dy, dh_n and dc_n are taken as the caller
+        presents y, h and c, or time-major; None, running nothing, when one is not exactly
+        such an array."""
+        cdef int i
+        cdef BackwardCall call
+        cdef const char *dh_n_
+        cdef const char *dc_n_ = NULL
+        cdef char *dh0_
+        cdef char *dc0_ = NULL
+        if tape is None or tape.plan is not self:
+            raise ValueError("TrainingPlan.backward: a tape of another plan")
+        if dh_n is None:
+            dh_n = self.zero_h
+        if dc_n is None:
+            dc_n = self.zero_c
+        if not (self.exact(dy, self.y_shape, self.yt_shape)
+                and self.exact(dh_n, self.h_shape, self.ht_shape)):
+            return None
+        if self.lstm and not self.exact(dc_n, self.c_shape, self.ct_shape):
+            return None
+        dh0 = new_array(self.ht_shape, self.typenum)
+        dh_n_, dh0_ = <const char *> array_data(dh_n), <char *> array_data(dh0)
+        dc0 = None
+        if self.lstm:
+            dc0 = new_array(self.ct_shape, self.typenum)
+            dc_n_, dc0_ = <const char *> array_data(dc_n), <char *> array_data(dc0)
+        grads = [None] * self.n
+        dyc = dy
+        for i in range(self.n - 1, -1, -1):
+            call = self.bcalls[i]
+            xc, hs, cs, acts, bw, bi = tape.layers[i]
+            dgx, dgh, dhs, gbuf, kept = self.backward_scratch[i]()
+            if (gbuf.shape[0] != call.gbuf_threads or gbuf.shape[1] != call.gbuf_size
+                    or dgx.shape[0] * dgx.shape[1] != call.q.S * call.q.B * call.q.GH):
+                raise ValueError("TrainingPlan: backward scratch of another shape (a bug)")
+            work = new_array((3 * call.q.B, call.q.H), self.typenum)
+            dxc = new_array((call.q.S, call.q.B, call.q.n_in), self.typenum)
+            dw_ih, dw_hh, db_ih, db_hh = (new_array(s, self.typenum) for s in self.grad_shapes[i])
+            call.q.pk, call.q.ipk = array_data(bw), array_data(bi)
+            call.q.xc, call.q.yc, call.q.work = array_data(dxc), array_data(dyc), array_data(work)
+            call.q.hs, call.wg.hs, call.wg.xc = array_data(hs), array_data(hs), array_data(xc)
+            if cs is not None:
+                call.q.cs = array_data(cs)
+            if acts is not None:
+                call.q.acts = call.wg.acts = array_data(acts)
+            call.q.dgh = call.wg.dgh = array_data(dgh)
+            call.q.dhs = call.wg.dhs = array_data(dhs)
+            call.dgx = call.wg.dgx = array_data(dgx)
+            call.gbuf = array_data(gbuf)
+            call.wg.dw_ih, call.wg.dw_hh = array_data(dw_ih), array_data(dw_hh)
+            call.wg.db_ih, call.wg.db_hh = array_data(db_ih), array_data(db_hh)
+            call.dh_n, call.dh0 = dh_n_ + i * self.h_step, dh0_ + i * self.h_step
+            if self.lstm:
+                call.dc_n, call.dc0 = dc_n_ + i * self.c_step, dc0_ + i * self.c_step
+            with nogil:
+                if self.typenum == DOUBLE_TYPE:
+                    backward_call(&call, <double> 0)
+                else:
+                    backward_call(&call, <float> 0)
+            if not kept:
+                self.release(dgx, dgh, dhs, gbuf)
+            grads[i] = (dw_ih, dw_hh, db_ih, db_hh)
+            dyc = dxc
+        return dyc, dh0, dc0, tuple(grads)
+
+
 def deferred_pairs_run():
     """How many times run_deferred has run two calls at once (the tests' proof that a
     bidirectional layer took that path)."""
@@ -1858,7 +2137,7 @@ def forward(int cell,
     call.h0, call.c0, call.h_n, call.c_n = h0_, c0_, h_n_, c_n_
     call.xproj, call.b_ih, call.pk, call.packed = xproj_, &b_ih[0], pk, packed
     call.bounds, call.nt, call.unit_threads, call.helper = bounds_, nt, unit_threads, helper
-    if later is not None:
+    if later is not None:  # (the order FORWARD_PER_CALL counts in)
         later.keep(FORWARD_CALL, floating is double,
                    (xc, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, order, bounds, yc, h_n,
                     c_n, xproj, hs, cs, acts, hraw, work, wpack, ipack, bwpack, bipack,
@@ -2032,7 +2311,7 @@ def backward(int cell,
     call.dgx, call.gbuf = dgx_, gbuf_
     call.gbuf_threads, call.gbuf_size = <int> gbuf.shape[0], gbuf.shape[1]
     call.bounds, call.nt, call.unit_threads = bounds_, nt, unit_threads
-    if later is not None:
+    if later is not None:  # (the order BACKWARD_PER_CALL counts in)
         later.keep(BACKWARD_CALL, floating is double,
                    (xc, w_ih, w_hh, w_hr, lengths, order, bounds, hs, cs, acts, hraw, dyc,
                     dh_n, dc_n, dxc, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dgx, dgh, dhs,

@@ -590,18 +590,43 @@ def _backward_buffers(key: tuple, shapes: tuple, dtype) -> tuple | None:
     return arrays
 
 
+def backward_shapes(tape: Tape, alone: bool = False) -> tuple:
+    """Shapes of backward()'s scratch for `tape` (_backward_shapes), on one thread when
+    `alone`, else on as many as the products' size calls for."""
+    w = tape.weights
+    S, B, I = tape.xc.shape  # noqa: E741
+    G = NUM_GATES[tape.cell]
+    H, P = w.w_hh.shape[0] // G, w.w_hh.shape[1]
+    double = tape.xc.dtype == np.float64
+    grad_threads = 1 if alone else _threads.product_threads(S * B * G * H * (I + P))
+    gbuf_size = _kernels.gemm_buffer_size(G * H, double)
+    return _backward_shapes(tape.cell, S, B, H, P, w.w_hr is not None, grad_threads, gbuf_size)
+
+
+def backward_scratch(shapes: tuple, dtype, reverse: bool) -> tuple:
+    """backward()'s scratch of these shapes for the calling thread: (dG, GRU's d hh_n, the
+    projection's dh, the products' buffer, whether they are the thread's kept ones (else
+    spares, for the caller to _release once the call has run))."""
+    kept = _backward_buffers((shapes, dtype, reverse), shapes, dtype)
+    if kept is not None:
+        return (*kept, True)
+    return (*(_scratch(shape, dtype) for shape in shapes), False)
+
+
 def backward(
     tape: Tape,
     dy: np.ndarray,
     dh_n: np.ndarray,
     dc_n: np.ndarray | None,
     later: _kernels.Deferred | None = None,
+    split: bool = False,
 ):
     """Gradients of one layer-direction from its tape.
 
     Returns (dx (T,B,I), dh0 (B,P), dc0 (B,H) or None, dict of gradients keyed weight_ih,
     weight_hh, bias_ih, bias_hh and, with a projection, weight_hr). With `later`, as
-    forward(): prepared for one thread; returns (later, finish).
+    forward(): prepared for one thread, or with `split` for the thread split a direct call
+    takes; returns (later, finish).
     """
     w = tape.weights
     S, B, I = tape.xc.shape
@@ -627,15 +652,11 @@ def backward(
         "bias_hh": np.empty_like(w.b_hh),
         "weight_hr": np.empty_like(w_hr),
     }
-    double = dtype == np.float64
     wpack, ipack = tape.packs  # made by forward from the weights of that pass
-    alone = later is not None  # prepared for one thread, beside the other direction
-    grad_threads = 1 if alone else _threads.product_threads(S * B * G * H * (I + P))
-    gbuf_size = _kernels.gemm_buffer_size(G * H, double)
-    shapes = _backward_shapes(tape.cell, S, B, H, P, w.w_hr is not None, grad_threads, gbuf_size)
+    # prepared for one thread (beside the other direction), unless split
+    alone = later is not None and not split
     # scratch kept by this thread for calls of this shape, else spares (large calls)
-    kept = _backward_buffers((shapes, dtype, tape.reverse), shapes, dtype)
-    dgx, dgh, dhs, gbuf = kept or (_scratch(shape, dtype) for shape in shapes)
+    dgx, dgh, dhs, gbuf, kept = backward_scratch(backward_shapes(tape, alone), dtype, tape.reverse)
     work = np.empty((3 * B, H), dtype)
 
     _kernel("backward", dtype)(
@@ -648,7 +669,7 @@ def backward(
     )  # fmt: skip
 
     def finish():
-        if kept is None:
+        if not kept:
             _release(dgx, dgh, dhs, gbuf)
         if w.w_hr is None:
             del grads["weight_hr"]

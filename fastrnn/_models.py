@@ -355,17 +355,29 @@ class RecurrentModel:
         key = _plan.model_key(x)
         if not _plan.wants(self._plans, key, self._params):
             return
-        batched = x.ndim == 3
-        if not batched:
-            T, B = x.shape[0], 1
-        elif self.batch_first:
-            B, T = x.shape[:2]
-            if B != 1:  # (B, T, I) is not time-major
-                return
-        else:
-            T, B = x.shape[:2]
-        if T == 0 or B == 0 or not _plan.small_enough(self, T, B):
+        layout = self._plan_layout(x)
+        if layout is None:
             return
+        plan = _plan.prepare(self, *layout)
+        if plan is not None:
+            self._plans.remember(key, (tuple(self._params.values()), plan, None))
+
+    def _time_major_sizes(self, x) -> tuple:
+        """(T, B, batched) of an input array x (3-D: batched; else unbatched (T, I))."""
+        if x.ndim != 3:
+            return x.shape[0], 1, False
+        T, B = x.shape[:2] if not self.batch_first else x.shape[1::-1]
+        return T, B, True
+
+    def _plan_layout(self, x):
+        """(xs (T, B, I) time-major, the presented shapes (x, y, h, c), zeros (h, c)) of a
+        plan for inputs like x, or None when x is not time-major memory or the plan would
+        hold too much (_plan.small_enough)."""
+        T, B, batched = self._time_major_sizes(x)
+        if batched and self.batch_first and B != 1:  # (B, T, I) is not time-major
+            return None
+        if T == 0 or B == 0 or not _plan.small_enough(self, T, B):
+            return None
         L, P, H = self.num_layers, self._h_size, self.hidden_size
         lstm = self._cell == "lstm"
         if batched:
@@ -376,9 +388,7 @@ class RecurrentModel:
         c_shape = c_shape if lstm else ()
         zeros = (_zeros(h_shape, self.dtype), _zeros(c_shape, self.dtype) if lstm else None)
         xs = x.reshape(T, B, self.input_size)
-        plan = _plan.prepare(self, xs, (x.shape, y_shape, h_shape, c_shape), zeros)
-        if plan is not None:
-            self._plans.remember(key, (tuple(self._params.values()), plan, None))
+        return xs, (x.shape, y_shape, h_shape, c_shape), zeros
 
     def stream(self, batch_size: int, h0=None):
         """A Stream: feed this (unidirectional) model chunk by chunk or step by step, with
@@ -400,8 +410,14 @@ class RecurrentModel:
         returns Gradients. Each call owns its saved state, so several passes may be in
         flight at once, and backward may be called more than once.
         """
+        if lengths is None and self._plans:
+            planned = self._train_planned(x, h0)
+            if planned is not None:
+                return planned
         y, h_n, c_n, run = self._run(x, h0, lengths, training=True)
         batched = run[2]
+        if lengths is None:
+            self._plan_training_like(x)
 
         def backward(dy, dh_n=None):
             return self._backward(run, dy, dh_n)
@@ -412,6 +428,46 @@ class RecurrentModel:
             backward,
         )
 
+    def _train_planned(self, x, h0):
+        """forward_train() run by its plan (_plan.prepare_training), or None: no plan, or
+        one that declines the call."""
+        if type(x) is not np.ndarray:
+            return None
+        entry = _plan.find(self._plans, _plan.training_key(x), self._params)
+        if entry is None:
+            return None
+        plan = entry[1]
+        if h0 is None:
+            out = plan.forward(x)
+        elif self._cell != "lstm":
+            out = plan.forward(x, h0)
+        elif type(h0) in (tuple, list) and len(h0) == 2:
+            out = plan.forward(x, h0[0], h0[1])
+        else:
+            return None
+        if out is None:
+            return None
+        y, h_n, c_n, tape = out
+        layout = self._time_major_sizes(x)
+
+        def backward(dy, dh_n=None):
+            return self._backward_planned(plan, tape, layout, dy, dh_n)
+
+        return y, (h_n if c_n is None else (h_n, c_n)), backward
+
+    def _plan_training_like(self, x) -> None:
+        """After a training pass that took the validating path: plan passes of x's shape,
+        if they recur and a plan can take them (_plan)."""
+        if not _plan.eligible_input(x, self.dtype) or not _plan.trains_by_plan(self):
+            return
+        key = _plan.training_key(x)
+        if not _plan.wants(self._plans, key, self._params):
+            return
+        layout = self._plan_layout(x)
+        if layout is not None:
+            plan = _plan.prepare_training(self, *layout)
+            self._plans.remember(key, (tuple(self._params.values()), plan, None))
+
     # -- backward ------------------------------------------------------------------------
 
     def _final_state_grads(self, dh_n, batch, batched):
@@ -420,16 +476,16 @@ class RecurrentModel:
             return np.zeros(shape, self.dtype), None
         return _validate.state("dh_n", dh_n, shape, batched, self.dtype), None
 
-    def _backward(self, run, dy, dh_n):
-        T, B, batched, lens, tapes, masks = run
-        H, D, L = self._h_size, self.num_directions, self.num_layers
-        out_shape = (T, B, D * H)
+    def _backward_inputs(self, dy, dh_n, T, B, batched):
+        """dy as a (T, B, D*H) time-major contiguous array (zeros for None), and the final
+        state's gradients (L*D, B, .) (_final_state_grads), validated."""
+        out_shape = (T, B, self.num_directions * self._h_size)
         if dy is None:
             g = np.zeros(out_shape, self.dtype)
         else:
-            shown = out_shape if not self.batch_first else (B, T, D * H)
+            shown = out_shape if not self.batch_first else (B, T, out_shape[2])
             if not batched:
-                shown = (T, D * H)
+                shown = (T, out_shape[2])
             g = _validate.gradient("dy", dy, shown, self.dtype)
             if not batched:
                 g = g[:, None, :]
@@ -437,6 +493,43 @@ class RecurrentModel:
                 g = g.transpose(1, 0, 2)
             g = np.ascontiguousarray(g)
         dh, dc = self._final_state_grads(dh_n, B, batched)
+        return g, dh, dc
+
+    def _backward_planned(self, plan, tape, layout, dy, dh_n):
+        """backward() of a planned pass: dy and dh_n as they are when the plan takes them,
+        else validated and converted as the validating path does."""
+        T, B, batched = layout
+        dh = dc = None
+        if dh_n is not None:
+            if self._cell == "lstm" and type(dh_n) in (tuple, list) and len(dh_n) == 2:
+                dh, dc = dh_n
+            else:
+                dh = dh_n
+        out = plan.backward(tape, dy, dh, dc)
+        if out is None:  # (aligned copies: the plan takes nothing else)
+            g, dh, dc = self._backward_inputs(dy, dh_n, T, B, batched)
+            out = plan.backward(tape, *(None if a is None else np.require(a, requirements="CA")
+                                        for a in (g, dh, dc)))  # fmt: skip
+            if out is None:
+                raise RuntimeError("a training plan declined validated gradients (a bug)")
+        dx, dh0, dc0, grads = out
+        params = {}
+        for layer, values in enumerate(grads):
+            for name, value in zip(_param_names(layer, 0), values, strict=False):
+                params[name] = value
+        if not self.bias:
+            params = {k: v for k, v in params.items() if not k.startswith("bias")}
+        return Gradients(
+            x=self._present_sequence(dx, batched),
+            h0=self._present_state(dh0, None, batched),
+            c0=None if dc0 is None else self._present_state(dc0, None, batched),
+            params={name: params[name] for name in self._param_order},
+        )
+
+    def _backward(self, run, dy, dh_n):
+        T, B, batched, lens, tapes, masks = run
+        H, D, L = self._h_size, self.num_directions, self.num_layers
+        g, dh, dc = self._backward_inputs(dy, dh_n, T, B, batched)
         dh0 = np.empty_like(dh)
         dc0 = np.empty_like(dc) if dc is not None else None
         params = {}

@@ -1,4 +1,4 @@
-"""Prepared inference calls: a small call without the Python that prepares it.
+"""Prepared calls: a recurring call without the Python that prepares it.
 
 An inference call spends ~8 us in Python before its kernels run (validation, layout,
 buffers, the kernels' argument checks), which is most of a single step's time (an RNN step
@@ -9,6 +9,10 @@ takes only what needs no conversion: exactly the model's dtype, C-contiguous and
 no `lengths`, one direction, in the layout the kernels read (time-major, or batch-first
 with one row); anything else, or anything it declines, takes the validating path as before.
 
+Training passes are planned alike (prepare_training, a _kernels.TrainingPlan): the second
+forward_train() of a shape prepares each layer's forward() and backward() calls; later
+passes run from them, each with its own saved arrays, outputs and gradients.
+
 A plan is valid while the model's parameters are the arrays it was prepared with (checked
 on every call: a live model's parameters() may have entries replaced) and, for a frozen
 model or a stream, while the packed weights it reads are unchanged: _set_params clears a
@@ -17,6 +21,7 @@ model's plans, and a stream counts its packings (see Stream).
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import threading
@@ -133,6 +138,68 @@ def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
             mids.append(layer_in)
     x_shape, y_shape, h_shape, c_shape = shapes
     return _kernels.ForwardPlan(prepared, mids, x_shape, y_shape, h_shape, c_shape, *zeros)
+
+
+def trains_by_plan(model) -> bool:
+    """Whether a model's training passes can be planned: one direction, no projection, no
+    dropout between layers (fresh masks each call), live parameters."""
+    return (
+        model.num_directions == 1
+        and model._h_size == model.hidden_size
+        and (model.dropout == 0.0 or model.num_layers == 1)
+        and not model.frozen
+    )
+
+
+def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
+    """A TrainingPlan of the model's layers over inputs shaped as xs (T, B, I), time-major,
+    presented in `shapes` (x, y, h, c); zeros: (h, c) zeros in the presented shapes. Each
+    layer's forward() is prepared with the usual thread split, and the backward() of that
+    (never run) pass's tape too; the plan keeps the prepared calls, not their arrays."""
+    T, B, _ = xs.shape
+    L, P, H = model.num_layers, model._h_size, model.hidden_size
+    lstm = model._cell == "lstm"
+    dtype = model.dtype
+    h0, h_n = np.zeros((L, B, P), dtype), np.empty((L, B, P), dtype)
+    c0 = np.zeros((L, B, H), dtype) if lstm else None
+    c_n = np.empty((L, B, H), dtype) if lstm else None
+    dy = np.zeros((T, B, P), dtype)
+    forwards, backwards, tape_shapes, grad_shapes, scratch = [], [], [], [], []
+    layer_in = xs
+    for layer in range(L):
+        weights = model._weights(layer, 0)
+        prepared = _kernels.Deferred()
+        _, finish = _layer.forward(
+            model._cell, weights, layer_in, h0[layer], None if c0 is None else c0[layer],
+            None, False, True, h_n=h_n[layer], c_n=None if c_n is None else c_n[layer],
+            later=prepared, split=True, save_input=layer == 0,
+        )  # fmt: skip
+        # the tape of that (never run) call: for its backward's preparation and its shapes
+        y, _, _, tape = finish()
+        back = _kernels.Deferred()
+        _layer.backward(
+            tape, dy, h0[layer], None if c0 is None else c0[layer], later=back, split=True
+        )
+        forwards.append(prepared)
+        backwards.append(back)
+        tape_shapes.append((tape.hs.shape, tape.cs.shape, tape.acts.shape,
+                            tape.packs[0].shape, tape.packs[1].shape))  # fmt: skip
+        w = tape.weights
+        grad_shapes.append((w.w_ih.shape, w.w_hh.shape, w.b_ih.shape, w.b_hh.shape))
+        scratch.append(
+            functools.partial(_layer.backward_scratch, _layer.backward_shapes(tape), dtype, False)
+        )
+        layer_in = y
+    time_major = ((T, B, model.input_size), (T, B, P), (L, B, P), (L, B, H) if lstm else ())
+    return _kernels.TrainingPlan(
+        forwards, backwards, tape_shapes, grad_shapes, scratch, shapes, time_major, *zeros,
+        _layer._scratch, _layer._release, dtype,
+    )  # fmt: skip
+
+
+def training_key(x: np.ndarray) -> tuple:
+    """A model's training plans are keyed as its inference plans (model_key), apart."""
+    return ("training", *model_key(x))
 
 
 def model_key(x: np.ndarray) -> tuple:

@@ -1,0 +1,289 @@
+"""Prepared training passes (fastrnn/_plan.py: prepare_training, _kernels.TrainingPlan): from
+the second forward_train() of a shape on, a model runs its training passes, forward and
+backward, from a plan. Every output and gradient must be the validating path's, bit for bit;
+the gradients must match central differences; and the plan must follow what the validating
+path follows (parameter updates, several passes in flight, other threads)."""
+
+import gc
+
+import numpy as np
+import pytest
+from helpers import (
+    CELLS,
+    DTYPE_IDS,
+    DTYPES,
+    assert_grads_match,
+    make_model,
+    normal,
+    numeric_grads,
+    run_in_two_threads,
+)
+
+import fastrnn
+from fastrnn import _layer
+
+I, H, T, B = 5, 7, 4, 3  # noqa: E741
+LAYOUTS = ["time_major", "unbatched", "batch_first_one_row"]
+
+
+def twin_of(model):
+    """A model of the same configuration and weights that has never run (no plans)."""
+    cell = _cell_name(model)
+    twin = make_model(
+        cell, model.input_size, model.hidden_size, num_layers=model.num_layers,
+        batch_first=model.batch_first, bias=model.bias, dtype=model.dtype,
+    )  # fmt: skip
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def _cell_name(model):
+    if isinstance(model, fastrnn.RNN):
+        return "rnn_" + model.nonlinearity
+    if isinstance(model, fastrnn.GRU):
+        return "gru" if model.reset_after else "gru_reset_before"
+    return "lstm"
+
+
+def no_validating_path(monkeypatch):
+    """From here on, a pass that runs _layer.forward or _layer.backward fails."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the pass did not run from its plan")
+
+    monkeypatch.setattr(_layer, "forward", forbidden)
+    monkeypatch.setattr(_layer, "backward", forbidden)
+
+
+def train(model, x, h0=None, dy=None, dh_n=None):
+    """One training step: forward_train's outputs and backward's gradients, as flat lists."""
+    y, state, backward = model.forward_train(x, h0)
+    g = backward(dy, dh_n)
+    states = list(state) if isinstance(state, tuple) else [state]
+    grads = [g.x, g.h0] + ([g.c0] if g.c0 is not None else []) + list(g.params.values())
+    return [y, *states], grads, list(g.params)
+
+
+def assert_same_step(got, want):
+    for kind in (0, 1):
+        assert len(got[kind]) == len(want[kind])
+        for a, b in zip(got[kind], want[kind], strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    assert got[2] == want[2]  # the parameters' names, in state_dict order
+
+
+def layout_array(layout, rng, dtype, width, steps=T):
+    if layout == "time_major":
+        return normal(rng, (steps, B, width), dtype)
+    if layout == "unbatched":
+        return normal(rng, (steps, width), dtype)
+    return normal(rng, (1, steps, width), dtype)
+
+
+def layout_state(layout, layers, rng, dtype):
+    if layout == "time_major":
+        return normal(rng, (layers, B, H), dtype)
+    return normal(rng, (layers, 1, H) if layout == "batch_first_one_row" else (layers, H), dtype)
+
+
+@pytest.mark.parametrize("with_dh_n", [False, True], ids=["no_dh_n", "dh_n"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "h0"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_planned_training_equals_the_validating_path(
+    cell, dtype, layout, layers, with_h0, with_dh_n, monkeypatch
+):
+    rng = np.random.default_rng(1)
+    model = make_model(cell, I, H, num_layers=layers, dtype=dtype, seed=2,
+                       batch_first=layout == "batch_first_one_row")  # fmt: skip
+    lstm = cell == "lstm"
+
+    def state():
+        h = layout_state(layout, layers, rng, dtype)
+        return (h, layout_state(layout, layers, rng, dtype)) if lstm else h
+
+    x = layout_array(layout, rng, dtype, I)
+    h0 = state() if with_h0 else None
+    dy = layout_array(layout, rng, dtype, H)
+    dh_n = state() if with_dh_n else None
+    train(model, x, h0, dy, dh_n)
+    train(model, x, h0, dy, dh_n)  # plans passes of this shape
+    no_validating_path(monkeypatch)
+    x2, dy2 = layout_array(layout, rng, dtype, I), layout_array(layout, rng, dtype, H)
+    got = train(model, x2, h0, dy2, dh_n)  # new values, same shape: still the plan
+    monkeypatch.undo()
+    assert_same_step(got, train(twin_of(model), x2, h0, dy2, dh_n))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_planned_gradients_match_central_differences(cell, monkeypatch):
+    rng = np.random.default_rng(3)
+    model = make_model(cell, 3, 2, num_layers=2, dtype=np.float64, seed=3)
+    x = normal(rng, (T, 2, 3), np.float64)
+    h = normal(rng, (2, 2, 2), np.float64)
+    h0 = (h, normal(rng, (2, 2, 2), np.float64)) if cell == "lstm" else h
+    wy = normal(rng, (T, 2, 2), np.float64)
+    wh = normal(rng, (2, 2, 2), np.float64)
+    model.forward_train(x, h0)
+    model.forward_train(x, h0)
+    no_validating_path(monkeypatch)
+    _, _, backward = model.forward_train(x, h0)
+    dh_n = (wh, wh) if cell == "lstm" else wh
+    grads = backward(wy, dh_n)
+    monkeypatch.undo()
+
+    def loss():
+        y, state = model(x, h0)
+        hs = state if cell == "lstm" else (state,)
+        return float(np.sum(y * wy) + sum(np.sum(s * wh) for s in hs))
+
+    inputs = {"x": x, "h0": h0[0] if cell == "lstm" else h0, **model.parameters()}
+    analytic = {"x": grads.x, "h0": grads.h0, **grads.params}
+    if cell == "lstm":
+        inputs["c0"], analytic["c0"] = h0[1], grads.c0
+    assert_grads_match(analytic, numeric_grads(loss, inputs))
+
+
+def test_planned_pass_keeps_the_weights_of_its_forward_and_repeats():
+    """An optimiser's in-place step between forward and backward does not reach a pass in
+    flight; backward may run twice; several passes may be in flight at once."""
+    rng = np.random.default_rng(4)
+    model = fastrnn.LSTM(I, H, num_layers=2, seed=4)
+    x1, x2 = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, I), np.float32)
+    dy = normal(rng, (T, B, H), np.float32)
+    model.forward_train(x1)
+    model.forward_train(x1)
+    want1 = train(twin_of(model), x1, dy=dy)
+    _, _, backward1 = model.forward_train(x1)  # planned
+    for p in model.parameters().values():
+        p *= 0.5
+    want2 = train(twin_of(model), x2, dy=dy)
+    _, _, backward2 = model.forward_train(x2)  # planned, the new weights
+    for backward, want in ((backward2, want2), (backward1, want1), (backward1, want1)):
+        g = backward(dy)
+        got = [g.x, g.h0, g.c0, *g.params.values()]
+        for a, b in zip(got, want[1], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_planned_outputs_and_gradients_are_new_arrays():
+    rng = np.random.default_rng(5)
+    model = fastrnn.GRU(I, H, seed=5)
+    x, dy = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, H), np.float32)
+    train(model, x, dy=dy)
+    train(model, x, dy=dy)
+    first = train(model, x, dy=dy)
+    kept = [a.copy() for a in first[0] + first[1]]
+    second = train(model, normal(rng, (T, B, I), np.float32), dy=dy)
+    for a, b, k in zip(first[0] + first[1], second[0] + second[1], kept, strict=True):
+        assert not np.shares_memory(a, b)
+        assert a.flags.writeable
+        np.testing.assert_array_equal(a, k)
+
+
+@pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])
+def test_arguments_a_plan_declines_give_the_validating_paths_numbers_or_errors(cell):
+    rng = np.random.default_rng(6)
+    model = make_model(cell, I, H, seed=6)
+    x, dy = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, H), np.float32)
+    train(model, x, dy=dy)
+    train(model, x, dy=dy)
+    want = twin_of(model)
+    strided = normal(rng, (T, 2 * B, H), np.float32)[:, ::2]
+    for other in (dy.astype(np.float64), np.asfortranarray(dy), dy.tolist(), strided, None):
+        assert_same_step(train(model, x, dy=other), train(want, x, dy=other))
+    for other_x in (x.astype(np.float64), np.asfortranarray(x), x.tolist()):
+        assert_same_step(train(model, other_x, dy=dy), train(want, other_x, dy=dy))
+    for bad in (dy[:-1], dy[..., :-1], np.zeros((T, B, H, 1), np.float32)):
+        with pytest.raises(ValueError) as planned_error:
+            train(model, x, dy=bad)
+        with pytest.raises(ValueError) as validating_error:
+            train(want, x, dy=bad)
+        assert str(planned_error.value) == str(validating_error.value)
+    with pytest.raises(ValueError, match="dh_n"):
+        train(model, x, dy=dy, dh_n=np.zeros((2, B, H), np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"bidirectional": True}, {"num_layers": 2, "dropout": 0.5}, {"proj_size": 4}],
+    ids=["bidirectional", "dropout", "projection"],
+)
+def test_models_a_plan_cannot_run_train_on_the_validating_path(kwargs, monkeypatch):
+    rng = np.random.default_rng(7)
+    model = fastrnn.LSTM(I, H, seed=7, **kwargs)
+    x = normal(rng, (T, B, I), np.float32)
+    width = model.num_directions * model._h_size
+    dy = normal(rng, (T, B, width), np.float32)
+    train(model, x, dy=dy)
+    train(model, x, dy=dy)
+    calls = []
+    forward = _layer.forward
+    monkeypatch.setattr(_layer, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    train(model, x, dy=dy)
+    assert calls
+
+
+def test_a_frozen_model_trains_on_the_validating_path():
+    rng = np.random.default_rng(8)
+    model = fastrnn.GRU(I, H, seed=8)
+    x, dy = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, H), np.float32)
+    want = train(model, x, dy=dy)
+    model.freeze()
+    for _ in range(3):
+        assert_same_step(train(model, x, dy=dy), want)
+
+
+def test_planned_training_follows_replaced_parameters_and_load_state_dict():
+    rng = np.random.default_rng(9)
+    model = fastrnn.RNN(I, H, num_layers=2, seed=9)
+    x, dy = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, H), np.float32)
+    train(model, x, dy=dy)
+    train(model, x, dy=dy)
+    params = model.parameters()
+    params["weight_hh_l1"] = params["weight_hh_l1"] * -1.0
+    assert_same_step(train(model, x, dy=dy), train(twin_of(model), x, dy=dy))
+    model.load_state_dict(fastrnn.RNN(I, H, num_layers=2, seed=10).state_dict())
+    assert_same_step(train(model, x, dy=dy), train(twin_of(model), x, dy=dy))
+
+
+def test_planned_training_on_two_threads_and_thread_counts():
+    """Two threads, each with its own model of one configuration, and a change of the
+    thread count: the numbers of one validating pass, bit for bit."""
+    rng = np.random.default_rng(11)
+    models = [fastrnn.LSTM(I, H, num_layers=2, seed=11) for _ in range(2)]
+    x, dy = normal(rng, (T, 1, I), np.float32), normal(rng, (T, 1, H), np.float32)
+    want = train(twin_of(models[0]), x, dy=dy)
+    got = run_in_two_threads(lambda k: train(models[k], x, dy=dy), 4, "a training step")
+    for runs in got:
+        for step in runs:
+            assert_same_step(step, want)
+    before = fastrnn.get_num_threads()
+    try:
+        for n in (1, 2, 1):
+            fastrnn.set_num_threads(n)
+            for _ in range(3):
+                assert_same_step(train(models[0], x, dy=dy), want)
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+def test_a_planned_tape_returns_its_arrays_to_the_spares():
+    """A large enough pass takes its saved arrays from the spares, and gives them back when
+    its backward closure is dropped, as the validating path's tapes do."""
+    rng = np.random.default_rng(12)
+    model = fastrnn.LSTM(64, 64, seed=12)
+    x = normal(rng, (100, 1, 64), np.float32)
+    for _ in range(2):
+        model.forward_train(x)
+    gc.collect()
+    kept = sum(len(v) for v in _layer._spare.values())
+    _, _, backward = model.forward_train(x)
+    taken = kept - sum(len(v) for v in _layer._spare.values())
+    assert taken > 0
+    del backward
+    gc.collect()
+    assert sum(len(v) for v in _layer._spare.values()) == kept
