@@ -250,14 +250,17 @@ def test_planned_training_follows_replaced_parameters_and_load_state_dict():
     assert_same_step(train(model, x, dy=dy), train(twin_of(model), x, dy=dy))
 
 
-def test_planned_training_on_two_threads_and_thread_counts():
-    """Two threads, each with its own model of one configuration, and a change of the
-    thread count: the numbers of one validating pass, bit for bit."""
+@pytest.mark.parametrize("shared", [False, True], ids=["own_models", "one_model"])
+def test_planned_training_on_two_threads_and_thread_counts(shared):
+    """Two threads, each with its own model of one configuration or both with one, and a
+    change of the thread count: the numbers of one validating pass, bit for bit."""
     rng = np.random.default_rng(11)
     models = [fastrnn.LSTM(I, H, num_layers=2, seed=11) for _ in range(2)]
+    if shared:
+        models[1] = models[0]
     x, dy = normal(rng, (T, 1, I), np.float32), normal(rng, (T, 1, H), np.float32)
     want = train(twin_of(models[0]), x, dy=dy)
-    got = run_in_two_threads(lambda k: train(models[k], x, dy=dy), 4, "a training step")
+    got = run_in_two_threads(lambda k: train(models[k], x, dy=dy), 6, "a training step")
     for runs in got:
         for step in runs:
             assert_same_step(step, want)
