@@ -1675,36 +1675,82 @@ cdef class TrainingTape:
                 pass
 
 
-cdef class TrainingPlan:
-    """A training pass through a stack of layers (one direction each), prepared once for
-    inputs of one shape: forward() runs the layers from their prepared forward() calls with
-    new arrays for what the pass keeps, and backward() runs them back from their prepared
-    backward() calls, with nothing prepared anew (a training step of an LSTM (20, 1, 32,
-    32) spent ~55 us in the Python that prepares its calls, its kernels ~25).
+cdef void steps_reversed(const char *src, char *dst, Py_ssize_t T, Py_ssize_t step) noexcept nogil:
+    """dst[s] = src[T - 1 - s] for steps of `step` bytes (gather_steps / scatter_steps of a
+    reverse direction over full-length rows)."""
+    cdef Py_ssize_t s
+    for s in range(T):
+        memcpy(dst + s * step, src + (T - 1 - s) * step, step)
 
-    The calls are prepared by the Python layer (Deferreds, with the thread split a direct
-    call takes) and copied; the plan keeps only the arrays they read on every call (the
-    weights, the row order and split, this thread's forward scratch), and gives each call
-    its own input copy, saved states, activations and packs (from `scratch`, the spares,
-    returned there when the TrainingTape dies), outputs and gradients (new arrays). The
-    backward scratch is the calling thread's (`backward_scratch[layer]()`). forward() runs on
-    the thread that prepared it; a tape's backward() on any.
+
+cdef void join_directions(const char *a, const char *b, char *out, Py_ssize_t T,
+                          Py_ssize_t B, Py_ssize_t width) noexcept nogil:
+    """out[t, j] = (a[t, j], b[T - 1 - t, j]): a bidirectional layer's output from its
+    forward direction's and its reverse direction's (compact, reversed) outputs, rows of
+    `width` bytes."""
+    cdef Py_ssize_t t, j
+    for t in range(T):
+        for j in range(B):
+            memcpy(out + (t * B + j) * 2 * width, a + (t * B + j) * width, width)
+            memcpy(out + (t * B + j) * 2 * width + width, b + ((T - 1 - t) * B + j) * width,
+                   width)
+
+
+cdef void split_directions(const char *g, char *a, char *b, Py_ssize_t T, Py_ssize_t B,
+                           Py_ssize_t width) noexcept nogil:
+    """The inverse of join_directions: each direction's part of dL/dy."""
+    cdef Py_ssize_t t, j
+    for t in range(T):
+        for j in range(B):
+            memcpy(a + (t * B + j) * width, g + (t * B + j) * 2 * width, width)
+            memcpy(b + ((T - 1 - t) * B + j) * width, g + (t * B + j) * 2 * width + width,
+                   width)
+
+
+cdef void add_reversed(floating *out, const floating *a, Py_ssize_t T,
+                       Py_ssize_t step) noexcept nogil:
+    """out[t] += a[T - 1 - t] (steps of `step` elements): the input gradient of a
+    bidirectional layer, its reverse direction's (compact) added to its forward's."""
+    cdef Py_ssize_t t, k
+    for t in range(T):
+        for k in range(step):
+            out[t * step + k] += a[(T - 1 - t) * step + k]
+
+
+cdef class TrainingPlan:
+    """A training pass through a stack of layers (one or two directions each), prepared
+    once for inputs of one shape: forward() runs the layers from their prepared forward()
+    calls with new arrays for what the pass keeps, and backward() runs them back from their
+    prepared backward() calls, with nothing prepared anew (a training step of an LSTM (20,
+    1, 32, 32) spent ~55 us in the Python that prepares its calls, its kernels ~25).
+
+    The calls are prepared by the Python layer (Deferreds: with the thread split a direct
+    call takes, or for one thread each where a layer's two directions run at once) and
+    copied; the plan keeps only the arrays they read on every call (the weights, the row
+    order and split, this thread's forward scratch), and gives each call its own input
+    copy, saved states, activations and packs (from `scratch`, the spares, returned there
+    when the TrainingTape dies), outputs and gradients (new arrays). A reverse direction
+    reads its input, and writes its output, reversed in time (what gather_steps and
+    scatter_steps do for full-length rows). The backward scratch is the calling thread's
+    (`backward_scratch[k]()`). forward() runs on the thread that prepared it; a tape's
+    backward() on any.
     """
-    cdef ForwardCall *fcalls
+    cdef ForwardCall *fcalls    # one a layer-direction k = layer * D + direction
     cdef BackwardCall *bcalls
-    cdef int n, typenum
+    cdef int n, L, D, typenum
     cdef bint lstm
+    cdef tuple pairs            # per layer: whether its directions run at once
     cdef object held            # the arrays the prepared calls read on every call
     cdef object scratch         # scratch(shape, dtype): an array from the spares
     cdef object release         # release(*arrays): back to the spares
-    cdef list backward_scratch  # per layer: () -> (dgx, dgh, dhs, gbuf, kept)
-    cdef list tape_shapes       # per layer: shapes of (hs, cs, acts, bwpack, bipack)
-    cdef list grad_shapes       # per layer: shapes of (dW_ih, dW_hh, db_ih, db_hh)
+    cdef list backward_scratch  # per layer-direction: () -> (dgx, dgh, dhs, gbuf, kept)
+    cdef list tape_shapes       # per layer-direction: shapes of (hs, cs, acts, bwpack, bipack)
+    cdef list grad_shapes       # per layer-direction: shapes of (dW_ih, dW_hh, db_ih, db_hh)
     cdef object dtype
     cdef object zero_h, zero_c  # the initial state, and dh_n / dc_n, of a call without one
     cdef tuple x_shape, y_shape, h_shape, c_shape   # as the caller presents them
     cdef tuple xt_shape, yt_shape, ht_shape, ct_shape  # time-major, as the kernels see them
-    cdef Py_ssize_t h_step, c_step  # bytes of one layer's state
+    cdef Py_ssize_t h_step, c_step  # bytes of one layer-direction's state
 
     def __cinit__(self):
         self.fcalls = self.bcalls = NULL
@@ -1713,21 +1759,25 @@ cdef class TrainingPlan:
         free(self.fcalls)
         free(self.bcalls)
 
-    def __init__(self, list forwards, list backwards, list tape_shapes, list grad_shapes,
-                 list backward_scratch, tuple shapes, tuple time_major, zero_h, zero_c,
-                 scratch, release, dtype):
-        """forwards, backwards: per layer, in order, a Deferred from forward(..., training,
-        later, split) over a time-major input (T, B, I_layer) and one from backward(...,
-        later, split) of its tape; shapes: (x, y, h, c) as the caller presents them, the same
-        memory as the time-major `time_major` (T, B, I), (T, B, P), (n, B, P), (n, B, H) (c:
-        () but for an LSTM); zero_h / zero_c: read-only zeros of the presented h and c."""
+    def __init__(self, list forwards, list backwards, tuple pairs, list tape_shapes,
+                 list grad_shapes, list backward_scratch, tuple shapes, tuple time_major,
+                 zero_h, zero_c, scratch, release, dtype):
+        """forwards, backwards: per layer-direction, in order, a Deferred from forward(...,
+        training, later) over a time-major input (T, B, I_layer) and one from backward(...,
+        later) of its tape, for one thread each in the layers whose `pairs` entry is true,
+        else with the usual split; shapes: (x, y, h, c) as the caller presents them, the same
+        memory as the time-major `time_major` (T, B, I), (T, B, D*P), (L*D, B, P),
+        (L*D, B, H) (c: () but for an LSTM); zero_h / zero_c: read-only zeros of the
+        presented h and c."""
         cdef Deferred f, b, first
         cdef int i, n
         cdef Py_ssize_t item
         n = len(forwards)
-        if (n == 0 or len(backwards) != n or len(tape_shapes) != n or len(grad_shapes) != n
+        if (n == 0 or len(pairs) == 0 or n % len(pairs) != 0 or n // len(pairs) > 2
+                or len(backwards) != n or len(tape_shapes) != n or len(grad_shapes) != n
                 or len(backward_scratch) != n):
-            raise ValueError("TrainingPlan: one prepared forward and backward call a layer")
+            raise ValueError("TrainingPlan: one prepared forward and backward call a "
+                             "layer-direction")
         for shape in shapes + time_major:
             if len(shape) > PLAN_MAX_RANK:
                 raise ValueError(f"TrainingPlan: shape {shape} of rank > {PLAN_MAX_RANK}")
@@ -1735,7 +1785,8 @@ cdef class TrainingPlan:
         self.bcalls = <BackwardCall *> malloc(n * sizeof(BackwardCall))
         if self.fcalls == NULL or self.bcalls == NULL:
             raise MemoryError()
-        self.n = n
+        self.n, self.L, self.D = n, len(pairs), n // len(pairs)
+        self.pairs = tuple(bool(p) and self.D == 2 for p in pairs)
         first = forwards[0]
         held = []
         for i in range(n):
@@ -1778,16 +1829,55 @@ cdef class TrainingPlan:
                 return True
         return False
 
+    cdef void run_forward(self, ForwardCall *calls, int count):
+        """`count` prepared forward calls: one, or two at once (a pair of directions)."""
+        cdef Runnable runs[2]
+        cdef int i
+        global pairs_run
+        if count == 1:
+            with nogil:
+                if self.typenum == DOUBLE_TYPE:
+                    forward_call(&calls[0], <double> 0)
+                else:
+                    forward_call(&calls[0], <float> 0)
+            return
+        for i in range(2):
+            runs[i].kind, runs[i].double = FORWARD_CALL, self.typenum == DOUBLE_TYPE
+            runs[i].forward, runs[i].backward = &calls[i], NULL
+        pairs_run += 1
+        with nogil:
+            fastrnn_parallel(2, pair_task, runs)
+
+    cdef void run_backward(self, BackwardCall *calls, int count):
+        """`count` prepared backward calls: one, or two at once (a pair of directions)."""
+        cdef Runnable runs[2]
+        cdef int i
+        global pairs_run
+        if count == 1:
+            with nogil:
+                if self.typenum == DOUBLE_TYPE:
+                    backward_call(&calls[0], <double> 0)
+                else:
+                    backward_call(&calls[0], <float> 0)
+            return
+        for i in range(2):
+            runs[i].kind, runs[i].double = BACKWARD_CALL, self.typenum == DOUBLE_TYPE
+            runs[i].forward, runs[i].backward = NULL, &calls[i]
+        pairs_run += 1
+        with nogil:
+            fastrnn_parallel(2, pair_task, runs)
+
     def forward(self, x, h0=None, c0=None):
         """The forward pass on x from h0 (and c0) or zeros: (y, h_n, c_n, tape), c_n None
         but for an LSTM; or None, running nothing, when an argument is not exactly a
         C-contiguous aligned array of the plan's type and presented shape."""
-        cdef int i
-        cdef ForwardCall call
+        cdef int layer, d, k, D = self.D
+        cdef ForwardCall calls[2]
         cdef char *h0_
         cdef char *c0_ = NULL
         cdef char *h_n_
         cdef char *c_n_ = NULL
+        cdef Py_ssize_t T, B, P, item = 8 if self.typenum == DOUBLE_TYPE else 4
         cdef TrainingTape tape
         if h0 is None:
             h0, c0 = self.zero_h, self.zero_c
@@ -1802,58 +1892,83 @@ cdef class TrainingPlan:
         if self.lstm:
             c0_, c_n_ = <char *> array_data(c0), <char *> array_data(c_n)
         scratch, dtype = self.scratch, self.dtype
+        T, B, P = self.fcalls[0].q.S, self.fcalls[0].q.B, self.fcalls[0].q.P
         layers, spare = [], []
         layer_x = x
-        for i in range(self.n):
-            call = self.fcalls[i]
-            hs_shape, cs_shape, acts_shape, bw_shape, bi_shape = self.tape_shapes[i]
-            hs, bw, bi = scratch(hs_shape, dtype), scratch(bw_shape, dtype), scratch(bi_shape, dtype)
-            spare += [hs, bw, bi]
-            cs = acts = None
-            if self.lstm:
-                cs = scratch(cs_shape, dtype)
-                spare.append(cs)
-                call.q.cs = array_data(cs)
-                call.c0, call.c_n = c0_ + i * self.c_step, c_n_ + i * self.c_step
-            if call.q.NA > 0:
-                acts = scratch(acts_shape, dtype)
-                spare.append(acts)
-                call.q.acts = array_data(acts)
-            if i == 0:  # x is the caller's: the tape keeps a copy, made as it is projected
-                xc = scratch(self.xt_shape, dtype)
-                spare.append(xc)
-                call.q.xsave = array_data(xc)
-            else:
-                xc = layer_x
-                call.q.xsave = NULL
-            layer_y = y if i == self.n - 1 else new_array(self.yt_shape, self.typenum)
-            call.q.xc, call.q.yc = array_data(layer_x), array_data(layer_y)
-            call.q.hs, call.q.bpk, call.q.bipk = array_data(hs), array_data(bw), array_data(bi)
-            call.h0, call.h_n = h0_ + i * self.h_step, h_n_ + i * self.h_step
-            with nogil:
-                if self.typenum == DOUBLE_TYPE:
-                    forward_call(&call, <double> 0)
+        for layer in range(self.L):
+            last = layer == self.L - 1
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                calls[d] = self.fcalls[k]
+                hs_shape, cs_shape, acts_shape, bw_shape, bi_shape = self.tape_shapes[k]
+                hs, bw, bi = scratch(hs_shape, dtype), scratch(bw_shape, dtype), scratch(bi_shape, dtype)
+                spare += [hs, bw, bi]
+                cs = acts = None
+                if self.lstm:
+                    cs = scratch(cs_shape, dtype)
+                    spare.append(cs)
+                    calls[d].q.cs = array_data(cs)
+                    calls[d].c0, calls[d].c_n = c0_ + k * self.c_step, c_n_ + k * self.c_step
+                if calls[d].q.NA > 0:
+                    acts = scratch(acts_shape, dtype)
+                    spare.append(acts)
+                    calls[d].q.acts = array_data(acts)
+                calls[d].q.xsave = NULL
+                if d == 1:  # the reverse direction reads its own copy, reversed in time
+                    xc = scratch(layer_x.shape, dtype)
+                    spare.append(xc)
+                    steps_reversed(<const char *> array_data(layer_x), <char *> array_data(xc),
+                                   T, B * calls[d].q.n_in * item)
+                    calls[d].q.xc = array_data(xc)
+                elif layer == 0:  # x is the caller's: the tape keeps a copy, made as it is projected
+                    xc = scratch(self.xt_shape, dtype)
+                    spare.append(xc)
+                    calls[d].q.xsave = array_data(xc)
+                    calls[d].q.xc = array_data(layer_x)
                 else:
-                    forward_call(&call, <float> 0)
-            layers.append((xc, hs, cs, acts, bw, bi))
-            layer_x = layer_y
+                    xc = layer_x
+                    calls[d].q.xc = array_data(layer_x)
+                out = y if last and D == 1 else new_array((T, B, P), self.typenum)
+                outs.append(out)
+                calls[d].q.yc = array_data(out)
+                calls[d].q.hs, calls[d].q.bpk = array_data(hs), array_data(bw)
+                calls[d].q.bipk = array_data(bi)
+                calls[d].h0, calls[d].h_n = h0_ + k * self.h_step, h_n_ + k * self.h_step
+                layers.append((xc, hs, cs, acts, bw, bi))
+            if self.pairs[layer]:
+                self.run_forward(calls, 2)
+            else:
+                for d in range(D):
+                    self.run_forward(&calls[d], 1)
+            if D == 1:
+                layer_x = outs[0]
+                continue
+            layer_x = y if last else new_array((T, B, 2 * P), self.typenum)
+            join_directions(<const char *> array_data(outs[0]),
+                            <const char *> array_data(outs[1]),
+                            <char *> array_data(layer_x), T, B, P * item)
         tape = TrainingTape.__new__(TrainingTape)
-        tape.plan, tape.layers, tape.spare, tape.release = self, tuple(layers), tuple(spare), self.release
+        tape.plan, tape.layers, tape.spare = self, tuple(layers), tuple(spare)
+        tape.release = self.release
         return y, h_n, c_n, tape
 
     def backward(self, TrainingTape tape, dy, dh_n=None, dc_n=None):
         """The backward pass of `tape` (from this plan's forward()) for dL/dy and the final
         state's gradients (None: zeros): (dx, dh0, dc0, grads) with dx (T, B, I), dh0
-        (n, B, P), dc0 (n, B, H) time-major (dc0 None but for an LSTM) and grads, per
-        layer, (dW_ih, dW_hh, db_ih, db_hh). dy, dh_n and dc_n are taken as the caller
-        presents y, h and c, or time-major; None, running nothing, when one is not exactly
-        such an array."""
-        cdef int i
-        cdef BackwardCall call
+        (L*D, B, P), dc0 (L*D, B, H) time-major (dc0 None but for an LSTM) and grads, per
+        layer-direction, (dW_ih, dW_hh, db_ih, db_hh). dy, dh_n and dc_n are taken as the
+        caller presents y, h and c, or time-major; None, running nothing, when one is not
+        exactly such an array."""
+        cdef int layer, d, k, D = self.D
+        cdef BackwardCall calls[2]
         cdef const char *dh_n_
         cdef const char *dc_n_ = NULL
         cdef char *dh0_
         cdef char *dc0_ = NULL
+        cdef Py_ssize_t T, B, P, step, item = 8 if self.typenum == DOUBLE_TYPE else 4
+        cdef void *out
+        cdef const void *rev
         if tape is None or tape.plan is not self:
             raise ValueError("TrainingPlan.backward: a tape of another plan")
         if dh_n is None:
@@ -1871,44 +1986,69 @@ cdef class TrainingPlan:
         if self.lstm:
             dc0 = new_array(self.ct_shape, self.typenum)
             dc_n_, dc0_ = <const char *> array_data(dc_n), <char *> array_data(dc0)
+        T, B, P = self.bcalls[0].q.S, self.bcalls[0].q.B, self.bcalls[0].q.P
         grads = [None] * self.n
-        dyc = dy
-        for i in range(self.n - 1, -1, -1):
-            call = self.bcalls[i]
-            xc, hs, cs, acts, bw, bi = tape.layers[i]
-            dgx, dgh, dhs, gbuf, kept = self.backward_scratch[i]()
-            if (gbuf.shape[0] != call.gbuf_threads or gbuf.shape[1] != call.gbuf_size
-                    or dgx.shape[0] * dgx.shape[1] != call.q.S * call.q.B * call.q.GH):
-                raise ValueError("TrainingPlan: backward scratch of another shape (a bug)")
-            work = new_array((3 * call.q.B, call.q.H), self.typenum)
-            dxc = new_array((call.q.S, call.q.B, call.q.n_in), self.typenum)
-            dw_ih, dw_hh, db_ih, db_hh = (new_array(s, self.typenum) for s in self.grad_shapes[i])
-            call.q.pk, call.q.ipk = array_data(bw), array_data(bi)
-            call.q.xc, call.q.yc, call.q.work = array_data(dxc), array_data(dyc), array_data(work)
-            call.q.hs, call.wg.hs, call.wg.xc = array_data(hs), array_data(hs), array_data(xc)
-            if cs is not None:
-                call.q.cs = array_data(cs)
-            if acts is not None:
-                call.q.acts = call.wg.acts = array_data(acts)
-            call.q.dgh = call.wg.dgh = array_data(dgh)
-            call.q.dhs = call.wg.dhs = array_data(dhs)
-            call.dgx = call.wg.dgx = array_data(dgx)
-            call.gbuf = array_data(gbuf)
-            call.wg.dw_ih, call.wg.dw_hh = array_data(dw_ih), array_data(dw_hh)
-            call.wg.db_ih, call.wg.db_hh = array_data(db_ih), array_data(db_hh)
-            call.dh_n, call.dh0 = dh_n_ + i * self.h_step, dh0_ + i * self.h_step
-            if self.lstm:
-                call.dc_n, call.dc0 = dc_n_ + i * self.c_step, dc0_ + i * self.c_step
-            with nogil:
-                if self.typenum == DOUBLE_TYPE:
-                    backward_call(&call, <double> 0)
-                else:
-                    backward_call(&call, <float> 0)
-            if not kept:
-                self.release(dgx, dgh, dhs, gbuf)
-            grads[i] = (dw_ih, dw_hh, db_ih, db_hh)
-            dyc = dxc
-        return dyc, dh0, dc0, tuple(grads)
+        g = dy
+        for layer in range(self.L - 1, -1, -1):
+            dys = [g]
+            if D == 2:  # each direction's part of dL/dy, the reverse one reversed in time
+                dys = [new_array((T, B, P), self.typenum) for d in range(2)]
+                split_directions(<const char *> array_data(g), <char *> array_data(dys[0]),
+                                 <char *> array_data(dys[1]), T, B, P * item)
+            dxs, scratches = [], []
+            for d in range(D):
+                k = layer * D + d
+                calls[d] = self.bcalls[k]
+                xc, hs, cs, acts, bw, bi = tape.layers[k]
+                dgx, dgh, dhs, gbuf, kept = self.backward_scratch[k]()
+                if (gbuf.shape[0] != calls[d].gbuf_threads
+                        or gbuf.shape[1] != calls[d].gbuf_size
+                        or dgx.shape[0] * dgx.shape[1] != T * B * calls[d].q.GH):
+                    raise ValueError("TrainingPlan: backward scratch of another shape (a bug)")
+                scratches.append((kept, dgx, dgh, dhs, gbuf))
+                work = new_array((3 * B, calls[d].q.H), self.typenum)
+                dxc = new_array((T, B, calls[d].q.n_in), self.typenum)
+                dxs.append(dxc)
+                dw_ih, dw_hh, db_ih, db_hh = (new_array(s, self.typenum) for s in self.grad_shapes[k])
+                grads[k] = (dw_ih, dw_hh, db_ih, db_hh, work)
+                calls[d].q.pk, calls[d].q.ipk = array_data(bw), array_data(bi)
+                calls[d].q.xc, calls[d].q.yc = array_data(dxc), array_data(dys[d])
+                calls[d].q.work = array_data(work)
+                calls[d].q.hs = calls[d].wg.hs = array_data(hs)
+                calls[d].wg.xc = array_data(xc)
+                if cs is not None:
+                    calls[d].q.cs = array_data(cs)
+                if acts is not None:
+                    calls[d].q.acts = calls[d].wg.acts = array_data(acts)
+                calls[d].q.dgh = calls[d].wg.dgh = array_data(dgh)
+                calls[d].q.dhs = calls[d].wg.dhs = array_data(dhs)
+                calls[d].dgx = calls[d].wg.dgx = array_data(dgx)
+                calls[d].gbuf = array_data(gbuf)
+                calls[d].wg.dw_ih, calls[d].wg.dw_hh = array_data(dw_ih), array_data(dw_hh)
+                calls[d].wg.db_ih, calls[d].wg.db_hh = array_data(db_ih), array_data(db_hh)
+                calls[d].dh_n, calls[d].dh0 = dh_n_ + k * self.h_step, dh0_ + k * self.h_step
+                if self.lstm:
+                    calls[d].dc_n, calls[d].dc0 = dc_n_ + k * self.c_step, dc0_ + k * self.c_step
+            if self.pairs[layer]:
+                self.run_backward(calls, 2)
+            else:
+                for d in range(D):
+                    self.run_backward(&calls[d], 1)
+            for kept, dgx, dgh, dhs, gbuf in scratches:
+                if not kept:
+                    self.release(dgx, dgh, dhs, gbuf)
+            for d in range(D):
+                grads[layer * D + d] = grads[layer * D + d][:4]
+            g = dxs[0]
+            if D == 2:  # the reverse direction's input gradient, put back in time order, added
+                out, rev = array_data(g), array_data(dxs[1])
+                step = B * self.bcalls[layer * D].q.n_in
+                with nogil:
+                    if self.typenum == DOUBLE_TYPE:
+                        add_reversed(<double *> out, <const double *> rev, T, step)
+                    else:
+                        add_reversed(<float *> out, <const float *> rev, T, step)
+        return g, dh0, dc0, tuple(grads)
 
 
 def deferred_pairs_run():

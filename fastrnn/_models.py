@@ -378,13 +378,14 @@ class RecurrentModel:
             return None
         if T == 0 or B == 0 or not _plan.small_enough(self, T, B):
             return None
-        L, P, H = self.num_layers, self._h_size, self.hidden_size
+        LD, P, H = self.num_layers * self.num_directions, self._h_size, self.hidden_size
+        Y = self.num_directions * P
         lstm = self._cell == "lstm"
         if batched:
-            y_shape = (B, T, P) if self.batch_first else (T, B, P)
-            h_shape, c_shape = (L, B, P), (L, B, H)
+            y_shape = (B, T, Y) if self.batch_first else (T, B, Y)
+            h_shape, c_shape = (LD, B, P), (LD, B, H)
         else:
-            y_shape, h_shape, c_shape = (T, P), (L, P), (L, H)
+            y_shape, h_shape, c_shape = (T, Y), (LD, P), (LD, H)
         c_shape = c_shape if lstm else ()
         zeros = (_zeros(h_shape, self.dtype), _zeros(c_shape, self.dtype) if lstm else None)
         xs = x.reshape(T, B, self.input_size)
@@ -514,8 +515,9 @@ class RecurrentModel:
                 raise RuntimeError("a training plan declined validated gradients (a bug)")
         dx, dh0, dc0, grads = out
         params = {}
-        for layer, values in enumerate(grads):
-            for name, value in zip(_param_names(layer, 0), values, strict=False):
+        D = self.num_directions
+        for k, values in enumerate(grads):
+            for name, value in zip(_param_names(k // D, k % D), values, strict=False):
                 params[name] = value
         if not self.bias:
             params = {k: v for k, v in params.items() if not k.startswith("bias")}

@@ -93,17 +93,17 @@ def small_enough(model, T: int, B: int) -> bool:
     packs of a frozen model, which are its weights' own (a frozen LSTM step (1, 1, 512,
     512) reads 8 MiB of them and holds 30 KiB), nor the input copy, which no plan makes.
     Calls that need more take long enough for a plan to gain nothing measurable."""
-    P, H = model._h_size, model.hidden_size
+    P, H, D = model._h_size, model.hidden_size, model.num_directions
     proj = P != H
     itemsize = model.dtype.itemsize
     unheld = ("xc", "wpack", "ipack") if model.frozen else ("xc",)
-    held = (model.num_layers - 1) * T * B * P * itemsize
+    held = (model.num_layers - 1) * T * B * D * P * itemsize
     for layer in range(model.num_layers):
-        I = model.input_size if layer == 0 else P  # noqa: E741
+        I = model.input_size if layer == 0 else D * P  # noqa: E741
         shapes, nbytes = _layer._forward_shapes(
             model._cell, T, B, I, H, P, model.dtype, False, proj
         )
-        held += nbytes - sum(math.prod(shapes[k]) for k in unheld) * itemsize
+        held += D * (nbytes - sum(math.prod(shapes[k]) for k in unheld) * itemsize)
     return held <= _layer._WORKSPACE_MAX_BYTES
 
 
@@ -141,11 +141,10 @@ def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
 
 
 def trains_by_plan(model) -> bool:
-    """Whether a model's training passes can be planned: one direction, no projection, no
-    dropout between layers (fresh masks each call), live parameters."""
+    """Whether a model's training passes can be planned: no projection, no dropout between
+    layers (fresh masks each call), live parameters."""
     return (
-        model.num_directions == 1
-        and model._h_size == model.hidden_size
+        model._h_size == model.hidden_size
         and (model.dropout == 0.0 or model.num_layers == 1)
         and not model.frozen
     )
@@ -154,46 +153,55 @@ def trains_by_plan(model) -> bool:
 def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
     """A TrainingPlan of the model's layers over inputs shaped as xs (T, B, I), time-major,
     presented in `shapes` (x, y, h, c); zeros: (h, c) zeros in the presented shapes. Each
-    layer's forward() is prepared with the usual thread split, and the backward() of that
+    layer-direction's forward() is prepared with the thread split a direct call takes (one
+    thread each where a layer's two directions run at once), and the backward() of that
     (never run) pass's tape too; the plan keeps the prepared calls, not their arrays."""
     T, B, _ = xs.shape
-    L, P, H = model.num_layers, model._h_size, model.hidden_size
-    lstm = model._cell == "lstm"
-    dtype = model.dtype
-    h0, h_n = np.zeros((L, B, P), dtype), np.empty((L, B, P), dtype)
-    c0 = np.zeros((L, B, H), dtype) if lstm else None
-    c_n = np.empty((L, B, H), dtype) if lstm else None
+    L, D, P, H = model.num_layers, model.num_directions, model._h_size, model.hidden_size
+    cell, dtype = model._cell, model.dtype
+    lstm = cell == "lstm"
+    G = _layer.NUM_GATES[cell]
+    h0, h_n = np.zeros((L * D, B, P), dtype), np.empty((L * D, B, P), dtype)
+    c0 = np.zeros((L * D, B, H), dtype) if lstm else None
+    c_n = np.empty((L * D, B, H), dtype) if lstm else None
     dy = np.zeros((T, B, P), dtype)
-    forwards, backwards, tape_shapes, grad_shapes, scratch = [], [], [], [], []
+    forwards, backwards, pairs, tape_shapes, grad_shapes, scratch = [], [], [], [], [], []
     layer_in = xs
     for layer in range(L):
-        weights = model._weights(layer, 0)
-        prepared = _kernels.Deferred()
-        _, finish = _layer.forward(
-            model._cell, weights, layer_in, h0[layer], None if c0 is None else c0[layer],
-            None, False, True, h_n=h_n[layer], c_n=None if c_n is None else c_n[layer],
-            later=prepared, split=True, save_input=layer == 0,
-        )  # fmt: skip
-        # the tape of that (never run) call: for its backward's preparation and its shapes
-        y, _, _, tape = finish()
-        back = _kernels.Deferred()
-        _layer.backward(
-            tape, dy, h0[layer], None if c0 is None else c0[layer], later=back, split=True
-        )
-        forwards.append(prepared)
-        backwards.append(back)
-        tape_shapes.append((tape.hs.shape, tape.cs.shape, tape.acts.shape,
-                            tape.packs[0].shape, tape.packs[1].shape))  # fmt: skip
-        w = tape.weights
-        grad_shapes.append((w.w_ih.shape, w.w_hh.shape, w.b_ih.shape, w.b_hh.shape))
-        scratch.append(
-            functools.partial(_layer.backward_scratch, _layer.backward_shapes(tape), dtype, False)
-        )
-        layer_in = y
-    time_major = ((T, B, model.input_size), (T, B, P), (L, B, P), (L, B, H) if lstm else ())
+        # as _models.RecurrentModel._run pairs them
+        pair = D == 2 and _threads.pair_directions(B, T, G * H * (layer_in.shape[2] + P))
+        pairs.append(pair)
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            prepared = _kernels.Deferred()
+            _, finish = _layer.forward(
+                cell, model._weights(layer, d), layer_in, h0[k],
+                None if c0 is None else c0[k], None, bool(d), True, h_n=h_n[k],
+                c_n=None if c_n is None else c_n[k], later=prepared, split=not pair,
+                save_input=layer == 0,
+            )  # fmt: skip
+            # the tape of that (never run) call: for its backward's preparation and shapes
+            y, _, _, tape = finish()
+            outs.append(y)
+            back = _kernels.Deferred()
+            _layer.backward(
+                tape, dy, h0[k], None if c0 is None else c0[k], later=back, split=not pair
+            )
+            forwards.append(prepared)
+            backwards.append(back)
+            tape_shapes.append((tape.hs.shape, tape.cs.shape, tape.acts.shape,
+                                tape.packs[0].shape, tape.packs[1].shape))  # fmt: skip
+            w = tape.weights
+            grad_shapes.append((w.w_ih.shape, w.w_hh.shape, w.b_ih.shape, w.b_hh.shape))
+            shapes_k = _layer.backward_shapes(tape, alone=pair)
+            scratch.append(functools.partial(_layer.backward_scratch, shapes_k, dtype, bool(d)))
+        layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+    time_major = ((T, B, model.input_size), (T, B, D * P), (L * D, B, P),
+                  (L * D, B, H) if lstm else ())  # fmt: skip
     return _kernels.TrainingPlan(
-        forwards, backwards, tape_shapes, grad_shapes, scratch, shapes, time_major, *zeros,
-        _layer._scratch, _layer._release, dtype,
+        forwards, backwards, tuple(pairs), tape_shapes, grad_shapes, scratch, shapes,
+        time_major, *zeros, _layer._scratch, _layer._release, dtype,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ def twin_of(model):
     twin = make_model(
         cell, model.input_size, model.hidden_size, num_layers=model.num_layers,
         batch_first=model.batch_first, bias=model.bias, dtype=model.dtype,
+        bidirectional=model.bidirectional,
     )  # fmt: skip
     twin.load_state_dict(model.state_dict())
     return twin
@@ -89,30 +90,33 @@ def layout_state(layout, layers, rng, dtype):
 
 @pytest.mark.parametrize("with_dh_n", [False, True], ids=["no_dh_n", "dh_n"])
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "h0"])
+@pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_planned_training_equals_the_validating_path(
-    cell, dtype, layout, layers, with_h0, with_dh_n, monkeypatch
+    cell, dtype, layout, layers, directions, with_h0, with_dh_n, monkeypatch
 ):
     rng = np.random.default_rng(1)
     model = make_model(cell, I, H, num_layers=layers, dtype=dtype, seed=2,
+                       bidirectional=directions == 2,
                        batch_first=layout == "batch_first_one_row")  # fmt: skip
     lstm = cell == "lstm"
 
     def state():
-        h = layout_state(layout, layers, rng, dtype)
-        return (h, layout_state(layout, layers, rng, dtype)) if lstm else h
+        h = layout_state(layout, layers * directions, rng, dtype)
+        return (h, layout_state(layout, layers * directions, rng, dtype)) if lstm else h
 
     x = layout_array(layout, rng, dtype, I)
     h0 = state() if with_h0 else None
-    dy = layout_array(layout, rng, dtype, H)
+    dy = layout_array(layout, rng, dtype, directions * H)
     dh_n = state() if with_dh_n else None
     train(model, x, h0, dy, dh_n)
     train(model, x, h0, dy, dh_n)  # plans passes of this shape
     no_validating_path(monkeypatch)
-    x2, dy2 = layout_array(layout, rng, dtype, I), layout_array(layout, rng, dtype, H)
+    x2 = layout_array(layout, rng, dtype, I)
+    dy2 = layout_array(layout, rng, dtype, directions * H)
     got = train(model, x2, h0, dy2, dh_n)  # new values, same shape: still the plan
     monkeypatch.undo()
     assert_same_step(got, train(twin_of(model), x2, h0, dy2, dh_n))
@@ -209,8 +213,8 @@ def test_arguments_a_plan_declines_give_the_validating_paths_numbers_or_errors(c
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"bidirectional": True}, {"num_layers": 2, "dropout": 0.5}, {"proj_size": 4}],
-    ids=["bidirectional", "dropout", "projection"],
+    [{"num_layers": 2, "dropout": 0.5}, {"proj_size": 4}],
+    ids=["dropout", "projection"],
 )
 def test_models_a_plan_cannot_run_train_on_the_validating_path(kwargs, monkeypatch):
     rng = np.random.default_rng(7)
@@ -290,3 +294,31 @@ def test_a_planned_tape_returns_its_arrays_to_the_spares():
     del backward
     gc.collect()
     assert sum(len(v) for v in _layer._spare.values()) == kept
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_planned_bidirectional_layers_run_their_directions_as_the_validating_path(
+    cell, threads, monkeypatch
+):
+    """On two threads a bidirectional layer large enough runs its two directions at once, one
+    thread each, planned as not; on one thread, one after the other. The same numbers."""
+    rng = np.random.default_rng(13)
+    model = make_model(cell, 32, 48, num_layers=2, bidirectional=True, seed=13)
+    x = normal(rng, (60, 2, 32), np.float32)
+    dy = normal(rng, (60, 2, 96), np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        want = train(twin_of(model), x, dy=dy)
+        train(model, x, dy=dy)
+        train(model, x, dy=dy)
+        pairs = fastrnn._kernels.deferred_pairs_run()
+        no_validating_path(monkeypatch)
+        got = train(model, x, dy=dy)
+        ran_pairs = fastrnn._kernels.deferred_pairs_run() - pairs
+    finally:
+        fastrnn.set_num_threads(before)
+    assert_same_step(got, want)
+    # forward and backward of both layers at once on two threads; never on one
+    assert ran_pairs == (4 if threads == 2 else 0)
