@@ -1468,6 +1468,45 @@ def run_deferred(Deferred first, Deferred second=None):
         fastrnn_parallel(2, pair_task, calls)
 
 
+cdef void run_forward_calls(ForwardCall *calls, int count, bint double):
+    """`count` prepared forward calls (a plan's), the GIL released: one, or two at once,
+    one thread each (the two directions of a bidirectional layer)."""
+    cdef Runnable runs[2]
+    cdef int i
+    global pairs_run
+    if count == 2:
+        pairs_run += 1
+        for i in range(2):
+            runs[i].kind, runs[i].double = FORWARD_CALL, double
+            runs[i].forward, runs[i].backward = &calls[i], NULL
+    with nogil:
+        if count == 2:
+            fastrnn_parallel(2, pair_task, runs)
+        elif double:
+            forward_call(&calls[0], <double> 0)
+        else:
+            forward_call(&calls[0], <float> 0)
+
+
+cdef void run_backward_calls(BackwardCall *calls, int count, bint double):
+    """As run_forward_calls, for prepared backward calls."""
+    cdef Runnable runs[2]
+    cdef int i
+    global pairs_run
+    if count == 2:
+        pairs_run += 1
+        for i in range(2):
+            runs[i].kind, runs[i].double = BACKWARD_CALL, double
+            runs[i].forward, runs[i].backward = NULL, &calls[i]
+    with nogil:
+        if count == 2:
+            fastrnn_parallel(2, pair_task, runs)
+        elif double:
+            backward_call(&calls[0], <double> 0)
+        else:
+            backward_call(&calls[0], <float> 0)
+
+
 cdef enum:
     PLAN_MAX_RANK = 3
 
@@ -1490,21 +1529,24 @@ cdef bint plan_array(object a, int typenum, int ndim, const cnp.npy_intp *dims) 
 
 
 cdef class ForwardPlan:
-    """An inference pass through a stack of layers (one direction each), prepared once for
-    inputs of one shape and run again on new arrays with nothing prepared anew.
+    """An inference pass through a stack of layers (one or two directions each), prepared
+    once for inputs of one shape and run again on new arrays with nothing prepared anew.
 
-    Each layer's forward() call is prepared by the Python layer (a Deferred, with the
-    thread split a direct call takes) and copied here as it was then; run() fills in the
-    input, output and state pointers and runs the layers in order, the GIL released. The
-    outputs of all layers but the last are the plan's own arrays. A plan shares the scratch
-    of the calls it was prepared from: one thread runs it at a time. A small call spends
-    most of its time in the Python that prepares it (an RNN step (1, 1, 64, 64): ~8 of
-    10 us), which a plan runs once.
+    Each layer-direction's forward() call is prepared by the Python layer (a Deferred, with
+    the thread split a direct call takes, or for one thread where a layer's two directions
+    run at once) and copied here as it was then; run() fills in the input, output and state
+    pointers and runs the layers in order, the GIL released. The outputs of all layers but
+    the last are the plan's own arrays; so are a bidirectional layer's compact outputs
+    (joined into the layer's) and its reverse direction's input (the layer's, reversed in
+    time). A plan shares the scratch of the calls it was prepared from: one thread runs it
+    at a time. A small call spends most of its time in the Python that prepares it (an RNN
+    step (1, 1, 64, 64): ~8 of 10 us), which a plan runs once.
     """
-    cdef ForwardCall *calls     # as prepared; copied before each run (forward_call
-                                # changes its call's chunking)
-    cdef int n, typenum
+    cdef ForwardCall *calls     # as prepared, one a layer-direction k = layer * D + d;
+                                # copied before each run (forward_call changes its chunking)
+    cdef int n, L, D, typenum
     cdef bint lstm
+    cdef tuple pairs            # per layer: whether its two directions run at once
     cdef object held            # the Deferreds (their arrays), the plan's own arrays
     cdef list mids              # outputs of layers 0..n-2 (inputs of the next)
     cdef object zero_h, zero_c  # the initial state of a call without one
@@ -1513,7 +1555,7 @@ cdef class ForwardPlan:
     cdef cnp.npy_intp y_dims[PLAN_MAX_RANK]
     cdef cnp.npy_intp h_dims[PLAN_MAX_RANK]
     cdef cnp.npy_intp c_dims[PLAN_MAX_RANK]
-    cdef Py_ssize_t h_step, c_step  # bytes of one layer's state
+    cdef Py_ssize_t h_step, c_step  # bytes of one layer-direction's state
 
     def __cinit__(self):
         self.calls = NULL
@@ -1522,24 +1564,31 @@ cdef class ForwardPlan:
         free(self.calls)
 
     def __init__(self, list prepared, list mids, tuple x_shape, tuple y_shape, tuple h_shape,
-                 tuple c_shape, zero_h, zero_c):
-        """prepared: one Deferred a layer, from forward(..., later) with the usual thread
-        split, for an input (T, B, I), in order; mids: n - 1 arrays (T, B, P) for the
-        outputs of all layers but the last. The shapes are those the caller presents x,
-        y, h (n, ..., P) and c (LSTM: (n, ..., H); else ()) in: each the same memory as
-        the time-major (T, B, .) and (n, B, .) the kernels see."""
+                 tuple c_shape, zero_h, zero_c, tuple pairs=None):
+        """prepared: one Deferred a layer-direction, from forward(..., later) with the usual
+        thread split (one thread each in the layers whose `pairs` entry is true; pairs None:
+        one direction, none), for an input (T, B, I), in order; mids: L - 1 arrays
+        (T, B, D*P) for the outputs of all layers but the last. The shapes are those the
+        caller presents x, y, h (L*D, ..., P) and c (LSTM: (L*D, ..., H); else ()) in: each
+        the same memory as the time-major (T, B, .) and (L*D, B, .) the kernels see."""
         cdef Deferred d, first
         cdef int i
         cdef Py_ssize_t item
-        if not prepared or len(mids) != len(prepared) - 1:
-            raise ValueError("ForwardPlan: one prepared call a layer, one output between two")
+        if pairs is None:
+            pairs = (False,) * len(prepared)
+        if (not prepared or not pairs or len(prepared) % len(pairs) != 0
+                or len(prepared) // len(pairs) > 2 or len(mids) != len(pairs) - 1):
+            raise ValueError("ForwardPlan: one prepared call a layer-direction, one output "
+                             "between two layers")
         for shape in (x_shape, y_shape, h_shape, c_shape):
             if len(shape) > PLAN_MAX_RANK:
                 raise ValueError(f"ForwardPlan: shape {shape} of rank > {PLAN_MAX_RANK}")
         self.calls = <ForwardCall *> malloc(len(prepared) * sizeof(ForwardCall))
         if self.calls == NULL:
             raise MemoryError()
-        self.n = len(prepared)
+        self.n, self.L = len(prepared), len(pairs)
+        self.D = self.n // self.L
+        self.pairs = tuple(bool(p) and self.D == 2 for p in pairs)
         first = prepared[0]
         for i, d in enumerate(prepared):
             if d.kind != FORWARD_CALL or d.double != first.double:
@@ -1575,8 +1624,8 @@ cdef class ForwardPlan:
         LSTM), new arrays unless given (h_n and c_n may be h0 and c0). Returns None,
         running nothing, when an argument is not exactly a C-contiguous aligned array of
         the plan's type and shape (the caller then takes the validating path)."""
-        cdef int i
-        cdef ForwardCall call
+        cdef int layer, d, k, D = self.D
+        cdef ForwardCall calls[2]
         cdef char *h0_
         cdef char *c0_ = NULL
         cdef char *h_n_
@@ -1585,6 +1634,7 @@ cdef class ForwardPlan:
         cdef void *layer_out
         cdef void *y_
         cdef Py_ssize_t h_step = self.h_step, c_step = self.c_step
+        cdef Py_ssize_t T, B, item = 8 if self.typenum == DOUBLE_TYPE else 4
         if h0 is None:
             h0, c0 = self.zero_h, self.zero_c
         if not (plan_array(x, self.typenum, self.x_nd, self.x_dims)
@@ -1616,18 +1666,33 @@ cdef class ForwardPlan:
         h_n_ = <char *> cnp.PyArray_DATA(<cnp.ndarray> h_n)
         layer_in = cnp.PyArray_DATA(<cnp.ndarray> x)
         y_ = cnp.PyArray_DATA(<cnp.ndarray> y)
-        for i in range(self.n):
-            call = self.calls[i]
-            layer_out = y_ if i == self.n - 1 else cnp.PyArray_DATA(<cnp.ndarray> self.mids[i])
-            call.q.xc, call.q.yc = layer_in, layer_out
-            call.h0, call.h_n = h0_ + i * h_step, h_n_ + i * h_step
-            if self.lstm:
-                call.c0, call.c_n = c0_ + i * c_step, c_n_ + i * c_step
-            with nogil:
-                if self.typenum == DOUBLE_TYPE:
-                    forward_call(&call, <double> 0)
-                else:
-                    forward_call(&call, <float> 0)
+        T, B = self.calls[0].q.S, self.calls[0].q.B
+        for layer in range(self.L):
+            if layer == self.L - 1:
+                layer_out = y_
+            else:
+                layer_out = cnp.PyArray_DATA(<cnp.ndarray> self.mids[layer])
+            for d in range(D):
+                k = layer * D + d
+                calls[d] = self.calls[k]
+                if D == 1:
+                    calls[d].q.xc, calls[d].q.yc = layer_in, layer_out
+                elif d == 0:  # its output: its own, as prepared, joined below
+                    calls[d].q.xc = layer_in
+                else:  # the reverse direction reads its own copy of the input, reversed
+                    steps_reversed(<const char *> layer_in, <char *> calls[d].q.xc, T,
+                                   B * calls[d].q.n_in * item)
+                calls[d].h0, calls[d].h_n = h0_ + k * h_step, h_n_ + k * h_step
+                if self.lstm:
+                    calls[d].c0, calls[d].c_n = c0_ + k * c_step, c_n_ + k * c_step
+            if self.pairs[layer]:
+                run_forward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
+            else:
+                for d in range(D):
+                    run_forward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
+            if D == 2:
+                join_directions(<const char *> calls[0].q.yc, <const char *> calls[1].q.yc,
+                                <char *> layer_out, T, B, calls[0].q.P * item)
             layer_in = layer_out
         return y, h_n, c_n
 
@@ -1829,44 +1894,6 @@ cdef class TrainingPlan:
                 return True
         return False
 
-    cdef void run_forward(self, ForwardCall *calls, int count):
-        """`count` prepared forward calls: one, or two at once (a pair of directions)."""
-        cdef Runnable runs[2]
-        cdef int i
-        global pairs_run
-        if count == 1:
-            with nogil:
-                if self.typenum == DOUBLE_TYPE:
-                    forward_call(&calls[0], <double> 0)
-                else:
-                    forward_call(&calls[0], <float> 0)
-            return
-        for i in range(2):
-            runs[i].kind, runs[i].double = FORWARD_CALL, self.typenum == DOUBLE_TYPE
-            runs[i].forward, runs[i].backward = &calls[i], NULL
-        pairs_run += 1
-        with nogil:
-            fastrnn_parallel(2, pair_task, runs)
-
-    cdef void run_backward(self, BackwardCall *calls, int count):
-        """`count` prepared backward calls: one, or two at once (a pair of directions)."""
-        cdef Runnable runs[2]
-        cdef int i
-        global pairs_run
-        if count == 1:
-            with nogil:
-                if self.typenum == DOUBLE_TYPE:
-                    backward_call(&calls[0], <double> 0)
-                else:
-                    backward_call(&calls[0], <float> 0)
-            return
-        for i in range(2):
-            runs[i].kind, runs[i].double = BACKWARD_CALL, self.typenum == DOUBLE_TYPE
-            runs[i].forward, runs[i].backward = NULL, &calls[i]
-        pairs_run += 1
-        with nogil:
-            fastrnn_parallel(2, pair_task, runs)
-
     def forward(self, x, h0=None, c0=None):
         """The forward pass on x from h0 (and c0) or zeros: (y, h_n, c_n, tape), c_n None
         but for an LSTM; or None, running nothing, when an argument is not exactly a
@@ -1937,10 +1964,10 @@ cdef class TrainingPlan:
                 calls[d].h0, calls[d].h_n = h0_ + k * self.h_step, h_n_ + k * self.h_step
                 layers.append((xc, hs, cs, acts, bw, bi))
             if self.pairs[layer]:
-                self.run_forward(calls, 2)
+                run_forward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
             else:
                 for d in range(D):
-                    self.run_forward(&calls[d], 1)
+                    run_forward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
             if D == 1:
                 layer_x = outs[0]
                 continue
@@ -2030,10 +2057,10 @@ cdef class TrainingPlan:
                 if self.lstm:
                     calls[d].dc_n, calls[d].dc0 = dc_n_ + k * self.c_step, dc0_ + k * self.c_step
             if self.pairs[layer]:
-                self.run_backward(calls, 2)
+                run_backward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
             else:
                 for d in range(D):
-                    self.run_backward(&calls[d], 1)
+                    run_backward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
             for kept, dgx, dgh, dhs, gbuf in scratches:
                 if not kept:
                     self.release(dgx, dgh, dhs, gbuf)

@@ -320,7 +320,7 @@ class RecurrentModel:
             if planned is not None:
                 return planned
         y, h_n, c_n, (_, _, batched, _, _, _) = self._run(x, h0, lengths, training=False)
-        if lengths is None and self.num_directions == 1:
+        if lengths is None:
             self._plan_calls_like(x)
         return self._present_sequence(y, batched), self._present_state(h_n, c_n, batched)
 

@@ -6,7 +6,7 @@ buffers, the kernels' argument checks), which is most of a single step's time (a
 with an input of one shape, on one thread, prepares every layer's forward() call once into
 a _kernels.ForwardPlan; later calls of that shape hand the new arrays straight to it. It
 takes only what needs no conversion: exactly the model's dtype, C-contiguous and aligned,
-no `lengths`, one direction, in the layout the kernels read (time-major, or batch-first
+no `lengths`, in the layout the kernels read (time-major, or batch-first
 with one row); anything else, or anything it declines, takes the validating path as before.
 
 Training passes are planned alike (prepare_training, a _kernels.TrainingPlan): the second
@@ -110,34 +110,42 @@ def small_enough(model, T: int, B: int) -> bool:
 def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
     """A ForwardPlan of the model's layers over inputs shaped as xs (T, B, I), time-major,
     presented in `shapes` (x, y, h, c); zeros: the (h, c) initial state of a call without
-    one, in the presented shapes. ws_list: a stream's kept workspaces, one a layer. None
-    when a frozen layer has no packs yet (its first call makes them)."""
+    one, in the presented shapes. ws_list: a stream's kept workspaces, one a layer (one
+    direction). None when a frozen layer has no packs yet (its first call makes them)."""
     T, B, _ = xs.shape
-    L, P, H = model.num_layers, model._h_size, model.hidden_size
+    L, D, P, H = model.num_layers, model.num_directions, model._h_size, model.hidden_size
+    G = _layer.NUM_GATES[model._cell]
     lstm = model._cell == "lstm"
     dtype = model.dtype
     # the state arrays the calls are prepared with; run() gives them new ones each time
-    h0, h_n = np.zeros((L, B, P), dtype), np.empty((L, B, P), dtype)
-    c0 = np.zeros((L, B, H), dtype) if lstm else None
-    c_n = np.empty((L, B, H), dtype) if lstm else None
-    prepared, mids = [], []
+    h0, h_n = np.zeros((L * D, B, P), dtype), np.empty((L * D, B, P), dtype)
+    c0 = np.zeros((L * D, B, H), dtype) if lstm else None
+    c_n = np.empty((L * D, B, H), dtype) if lstm else None
+    prepared, mids, pairs = [], [], []
     layer_in = xs
     for layer in range(L):
-        weights = model._weights(layer, 0)
-        if weights.frozen and "forward" not in weights.packs:
-            return None
-        later = _kernels.Deferred()
-        _layer.forward(
-            model._cell, weights, layer_in, h0[layer], None if c0 is None else c0[layer],
-            None, False, False, h_n=h_n[layer], c_n=None if c_n is None else c_n[layer],
-            ws=None if ws_list is None else ws_list[layer], later=later, split=True,
-        )  # fmt: skip
-        prepared.append(later)
+        # as _models.RecurrentModel._run pairs them
+        pair = D == 2 and _threads.pair_directions(B, T, G * H * (layer_in.shape[2] + P))
+        pairs.append(pair)
+        for d in range(D):
+            k = layer * D + d
+            weights = model._weights(layer, d)
+            if weights.frozen and "forward" not in weights.packs:
+                return None
+            later = _kernels.Deferred()
+            _layer.forward(
+                model._cell, weights, layer_in, h0[k], None if c0 is None else c0[k],
+                None, bool(d), False, h_n=h_n[k], c_n=None if c_n is None else c_n[k],
+                ws=None if ws_list is None else ws_list[layer], later=later, split=not pair,
+            )  # fmt: skip
+            prepared.append(later)
         if layer < L - 1:
-            layer_in = np.empty((T, B, P), dtype)
+            layer_in = np.empty((T, B, D * P), dtype)
             mids.append(layer_in)
     x_shape, y_shape, h_shape, c_shape = shapes
-    return _kernels.ForwardPlan(prepared, mids, x_shape, y_shape, h_shape, c_shape, *zeros)
+    return _kernels.ForwardPlan(
+        prepared, mids, x_shape, y_shape, h_shape, c_shape, *zeros, tuple(pairs)
+    )
 
 
 def trains_by_plan(model) -> bool:

@@ -21,7 +21,8 @@ def fresh(model, **kwargs):
     """A twin of `model` (same class, configuration and weights) that has never run."""
     twin = make_model(_cell_name(model), model.input_size, model.hidden_size,
                       num_layers=model.num_layers, batch_first=model.batch_first,
-                      dtype=model.dtype, **kwargs)  # fmt: skip
+                      bidirectional=model.bidirectional, dtype=model.dtype,
+                      **kwargs)  # fmt: skip
     twin.load_state_dict(model.state_dict())
     return twin
 
@@ -74,7 +75,7 @@ def layout_input(layout, rng, dtype, steps=T):
 
 
 def layout_state(layout, model, rng, dtype, size):
-    L = model.num_layers
+    L = model.num_layers * model.num_directions
     if layout == "time_major":
         return normal(rng, (L, B, size), dtype)
     return normal(rng, (L, 1, size) if layout == "batch_first_one_row" else (L, size), dtype)
@@ -82,15 +83,17 @@ def layout_state(layout, model, rng, dtype, size):
 
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "h0"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["live", "frozen"])
+@pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_planned_calls_equal_the_validating_path_and_the_reference(
-    cell, dtype, layout, layers, frozen, with_h0, monkeypatch
+    cell, dtype, layout, layers, directions, frozen, with_h0, monkeypatch
 ):
     rng = np.random.default_rng(1)
     model = make_model(cell, I, H, num_layers=layers, dtype=dtype, seed=2,
+                       bidirectional=directions == 2,
                        batch_first=layout == "batch_first_one_row")  # fmt: skip
     if frozen:
         model.freeze()
@@ -107,14 +110,15 @@ def test_planned_calls_equal_the_validating_path_and_the_reference(
     assert_same(got, fresh(model)(x2, h0))
     # against the float64 reference, time-major (T, B', .)
     x_tm = x2.reshape(T, -1, I)
+    LD = layers * directions
     if h0 is None:
-        h_ref = np.zeros((layers, x_tm.shape[1], H))
+        h_ref = np.zeros((LD, x_tm.shape[1], H))
         c_ref = h_ref if cell == "lstm" else None
     else:
-        h_ref = (h0[0] if cell == "lstm" else h0).reshape(layers, -1, H)
-        c_ref = h0[1].reshape(layers, -1, H) if cell == "lstm" else None
+        h_ref = (h0[0] if cell == "lstm" else h0).reshape(LD, -1, H)
+        c_ref = h0[1].reshape(LD, -1, H) if cell == "lstm" else None
     y_ref, h_n_ref, c_n_ref = reference.run_model(
-        cell, x_tm, model.state_dict(), layers, False, h_ref, c_ref
+        cell, x_tm, model.state_dict(), layers, directions == 2, h_ref, c_ref
     )
     flat = as_list(got)
     assert_close(flat[0].reshape(y_ref.shape), y_ref, dtype)
@@ -337,3 +341,27 @@ def test_frozen_model_plans_single_steps_over_large_weights(monkeypatch):
     twin = fastrnn.LSTM(512, 512)
     twin.load_state_dict(model.state_dict())
     assert_same(got, twin(x2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_planned_bidirectional_calls_pair_their_directions_as_the_validating_path(
+    threads, monkeypatch
+):
+    """On two threads a bidirectional layer large enough runs its two directions at once,
+    one thread each, planned as not; on one thread, one after the other. The same numbers."""
+    rng = np.random.default_rng(14)
+    model = fastrnn.GRU(32, 48, num_layers=2, bidirectional=True, seed=14).freeze()
+    x = normal(rng, (60, 2, 32), np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        want = fresh(model)(x)
+        planned(model, x)
+        pairs = fastrnn._kernels.deferred_pairs_run()
+        no_validating_path(monkeypatch)
+        got = model(x)
+        ran_pairs = fastrnn._kernels.deferred_pairs_run() - pairs
+    finally:
+        fastrnn.set_num_threads(before)
+    assert_same(got, want)
+    assert ran_pairs == (2 if threads == 2 else 0)  # both layers at once on two threads
