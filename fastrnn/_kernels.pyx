@@ -1468,44 +1468,27 @@ def run_deferred(Deferred first, Deferred second=None):
         fastrnn_parallel(2, pair_task, calls)
 
 
-cdef void run_forward_calls(ForwardCall *calls, int count, bint double):
-    """`count` prepared forward calls (a plan's), the GIL released: one, or two at once,
-    one thread each (the two directions of a bidirectional layer)."""
-    cdef Runnable runs[2]
-    cdef int i
+cdef void run_prepared(Runnable *runs, int count):
+    """`count` prepared calls (a plan's), the GIL released: one, or two at once, one thread
+    each (the two directions of a bidirectional layer)."""
     global pairs_run
     if count == 2:
         pairs_run += 1
-        for i in range(2):
-            runs[i].kind, runs[i].double = FORWARD_CALL, double
-            runs[i].forward, runs[i].backward = &calls[i], NULL
     with nogil:
         if count == 2:
             fastrnn_parallel(2, pair_task, runs)
-        elif double:
-            forward_call(&calls[0], <double> 0)
         else:
-            forward_call(&calls[0], <float> 0)
+            run_one(&runs[0])
 
 
-cdef void run_backward_calls(BackwardCall *calls, int count, bint double):
-    """As run_forward_calls, for prepared backward calls."""
-    cdef Runnable runs[2]
-    cdef int i
-    global pairs_run
-    if count == 2:
-        pairs_run += 1
-        for i in range(2):
-            runs[i].kind, runs[i].double = BACKWARD_CALL, double
-            runs[i].forward, runs[i].backward = NULL, &calls[i]
-    with nogil:
-        if count == 2:
-            fastrnn_parallel(2, pair_task, runs)
-        elif double:
-            backward_call(&calls[0], <double> 0)
-        else:
-            backward_call(&calls[0], <float> 0)
-
+cdef void run_layer(Runnable *runs, int directions, bint pair):
+    """A layer's prepared calls, one a direction: at once when `pair`, else in turn."""
+    cdef int d
+    if pair:
+        run_prepared(runs, 2)
+        return
+    for d in range(directions):
+        run_prepared(&runs[d], 1)
 
 cdef enum:
     PLAN_MAX_RANK = 3
@@ -1626,6 +1609,7 @@ cdef class ForwardPlan:
         the plan's type and shape (the caller then takes the validating path)."""
         cdef int layer, d, k, D = self.D
         cdef ForwardCall calls[2]
+        cdef Runnable runs[2]
         cdef char *h0_
         cdef char *c0_ = NULL
         cdef char *h_n_
@@ -1685,11 +1669,10 @@ cdef class ForwardPlan:
                 calls[d].h0, calls[d].h_n = h0_ + k * h_step, h_n_ + k * h_step
                 if self.lstm:
                     calls[d].c0, calls[d].c_n = c0_ + k * c_step, c_n_ + k * c_step
-            if self.pairs[layer]:
-                run_forward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
-            else:
-                for d in range(D):
-                    run_forward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
+            for d in range(D):
+                runs[d].kind, runs[d].double = FORWARD_CALL, self.typenum == DOUBLE_TYPE
+                runs[d].forward, runs[d].backward = &calls[d], NULL
+            run_layer(runs, D, self.pairs[layer])
             if D == 2:
                 join_directions(<const char *> calls[0].q.yc, <const char *> calls[1].q.yc,
                                 <char *> layer_out, T, B, calls[0].q.P * item)
@@ -1900,6 +1883,7 @@ cdef class TrainingPlan:
         C-contiguous aligned array of the plan's type and presented shape."""
         cdef int layer, d, k, D = self.D
         cdef ForwardCall calls[2]
+        cdef Runnable runs[2]
         cdef char *h0_
         cdef char *c0_ = NULL
         cdef char *h_n_
@@ -1963,11 +1947,10 @@ cdef class TrainingPlan:
                 calls[d].q.bipk = array_data(bi)
                 calls[d].h0, calls[d].h_n = h0_ + k * self.h_step, h_n_ + k * self.h_step
                 layers.append((xc, hs, cs, acts, bw, bi))
-            if self.pairs[layer]:
-                run_forward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
-            else:
-                for d in range(D):
-                    run_forward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
+            for d in range(D):
+                runs[d].kind, runs[d].double = FORWARD_CALL, self.typenum == DOUBLE_TYPE
+                runs[d].forward, runs[d].backward = &calls[d], NULL
+            run_layer(runs, D, self.pairs[layer])
             if D == 1:
                 layer_x = outs[0]
                 continue
@@ -1989,6 +1972,7 @@ cdef class TrainingPlan:
         exactly such an array."""
         cdef int layer, d, k, D = self.D
         cdef BackwardCall calls[2]
+        cdef Runnable runs[2]
         cdef const char *dh_n_
         cdef const char *dc_n_ = NULL
         cdef char *dh0_
@@ -2056,11 +2040,10 @@ cdef class TrainingPlan:
                 calls[d].dh_n, calls[d].dh0 = dh_n_ + k * self.h_step, dh0_ + k * self.h_step
                 if self.lstm:
                     calls[d].dc_n, calls[d].dc0 = dc_n_ + k * self.c_step, dc0_ + k * self.c_step
-            if self.pairs[layer]:
-                run_backward_calls(calls, 2, self.typenum == DOUBLE_TYPE)
-            else:
-                for d in range(D):
-                    run_backward_calls(&calls[d], 1, self.typenum == DOUBLE_TYPE)
+            for d in range(D):
+                runs[d].kind, runs[d].double = BACKWARD_CALL, self.typenum == DOUBLE_TYPE
+                runs[d].forward, runs[d].backward = NULL, &calls[d]
+            run_layer(runs, D, self.pairs[layer])
             for kept, dgx, dgh, dhs, gbuf in scratches:
                 if not kept:
                     self.release(dgx, dgh, dhs, gbuf)

@@ -326,22 +326,27 @@ class RecurrentModel:
 
     forward = __call__
 
-    def _run_planned(self, x, h0):
-        """The call run by its plan (_plan), or None: no plan, or one that declines it."""
+    def _planned(self, key, x, h0):
+        """The plan of `key` for this call and the arguments it takes after x (h0 as the
+        kernels read it: none, (h,) or an LSTM's (h, c)), or None: not an array, no plan,
+        or an h0 of another kind."""
         if type(x) is not np.ndarray:
             return None
-        entry = _plan.find(self._plans, _plan.model_key(x), self._params)
+        entry = _plan.find(self._plans, key(x), self._params)
         if entry is None:
             return None
-        plan = entry[1]
         if h0 is None:
-            out = plan.run(x)
-        elif self._cell != "lstm":
-            out = plan.run(x, h0)
-        elif type(h0) in (tuple, list) and len(h0) == 2:
-            out = plan.run(x, h0[0], h0[1])
-        else:
-            return None
+            return entry[1], ()
+        if self._cell != "lstm":
+            return entry[1], (h0,)
+        if type(h0) in (tuple, list) and len(h0) == 2:
+            return entry[1], tuple(h0)
+        return None
+
+    def _run_planned(self, x, h0):
+        """The call run by its plan (_plan), or None: no plan, or one that declines it."""
+        planned = self._planned(_plan.model_key, x, h0)
+        out = None if planned is None else planned[0].run(x, *planned[1])
         if out is None:
             return None
         y, h_n, c_n = out
@@ -432,20 +437,11 @@ class RecurrentModel:
     def _train_planned(self, x, h0):
         """forward_train() run by its plan (_plan.prepare_training), or None: no plan, or
         one that declines the call."""
-        if type(x) is not np.ndarray:
+        planned = self._planned(_plan.training_key, x, h0)
+        if planned is None:
             return None
-        entry = _plan.find(self._plans, _plan.training_key(x), self._params)
-        if entry is None:
-            return None
-        plan = entry[1]
-        if h0 is None:
-            out = plan.forward(x)
-        elif self._cell != "lstm":
-            out = plan.forward(x, h0)
-        elif type(h0) in (tuple, list) and len(h0) == 2:
-            out = plan.forward(x, h0[0], h0[1])
-        else:
-            return None
+        plan, state = planned
+        out = plan.forward(x, *state)
         if out is None:
             return None
         y, h_n, c_n, tape = out

@@ -49,6 +49,38 @@ def assert_close(actual, desired, dtype, *, grad=False, err_msg=""):
     np.testing.assert_allclose(actual, desired, err_msg=err_msg, **tol)
 
 
+def cell_of(model) -> str:
+    """The cell name (as in CELLS) of a model."""
+    if isinstance(model, fastrnn.RNN):
+        return "rnn_" + model.nonlinearity
+    if isinstance(model, fastrnn.GRU):
+        return "gru" if model.reset_after else "gru_reset_before"
+    return "lstm"
+
+
+def twin(model):
+    """A model of the same configuration and weights that has never run (so has no prepared
+    calls: its calls take the validating path). LSTM projections are not copied."""
+    other = make_model(
+        cell_of(model), model.input_size, model.hidden_size, num_layers=model.num_layers,
+        batch_first=model.batch_first, bidirectional=model.bidirectional, bias=model.bias,
+        dtype=model.dtype,
+    )  # fmt: skip
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def forbid(monkeypatch, module, *names):
+    """From here on, calling any of module's functions `names` fails (a test's proof that
+    a call ran from its plan, not through them)."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the call did not run from its plan")
+
+    for name in names:
+        monkeypatch.setattr(module, name, forbidden)
+
+
 def make_model(cell, input_size, hidden_size, **kwargs):
     """The public model class that runs `cell` (GRU reset-before is GRU(reset_after=False))."""
     if cell in ("rnn_tanh", "rnn_relu"):

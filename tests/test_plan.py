@@ -9,7 +9,17 @@ import pickle
 import numpy as np
 import pytest
 import reference
-from helpers import CELLS, DTYPE_IDS, DTYPES, assert_close, make_model, normal, run_in_two_threads
+from helpers import (
+    CELLS,
+    DTYPE_IDS,
+    DTYPES,
+    assert_close,
+    forbid,
+    make_model,
+    normal,
+    run_in_two_threads,
+    twin,
+)
 
 import fastrnn
 from fastrnn import _layer
@@ -17,31 +27,9 @@ from fastrnn import _layer
 I, H, T, B = 5, 7, 4, 3  # noqa: E741
 
 
-def fresh(model, **kwargs):
-    """A twin of `model` (same class, configuration and weights) that has never run."""
-    twin = make_model(_cell_name(model), model.input_size, model.hidden_size,
-                      num_layers=model.num_layers, batch_first=model.batch_first,
-                      bidirectional=model.bidirectional, dtype=model.dtype,
-                      **kwargs)  # fmt: skip
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
-def _cell_name(model):
-    if isinstance(model, fastrnn.RNN):
-        return "rnn_" + model.nonlinearity
-    if isinstance(model, fastrnn.GRU):
-        return "gru" if model.reset_after else "gru_reset_before"
-    return "lstm"
-
-
 def no_validating_path(monkeypatch):
     """From here on, a call that takes the validating path (which runs _layer.forward) fails."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the call did not run from its plan")
-
-    monkeypatch.setattr(_layer, "forward", forbidden)
+    forbid(monkeypatch, _layer, "forward")
 
 
 def planned(model, x, h0=None):
@@ -107,7 +95,7 @@ def test_planned_calls_equal_the_validating_path_and_the_reference(
     x2 = layout_input(layout, rng, dtype)  # new values, same shape: still the plan
     got = model(x2, h0)
     monkeypatch.undo()
-    assert_same(got, fresh(model)(x2, h0))
+    assert_same(got, twin(model)(x2, h0))
     # against the float64 reference, time-major (T, B', .)
     x_tm = x2.reshape(T, -1, I)
     LD = layers * directions
@@ -165,11 +153,11 @@ def test_live_model_plan_follows_in_place_updates_and_replaced_arrays(cell):
     planned(model, x)
     for p in model.parameters().values():
         p *= 0.5  # an optimiser's in-place step: a live model repacks on every call
-    assert_same(model(x), fresh(model)(x))
+    assert_same(model(x), twin(model)(x))
     # an entry of the live mapping replaced by a new array
     params = model.parameters()
     params["weight_hh_l1"] = params["weight_hh_l1"] * -1.0
-    assert_same(model(x), fresh(model)(x))
+    assert_same(model(x), twin(model)(x))
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru_reset_before"])
@@ -184,9 +172,9 @@ def test_frozen_model_plan_follows_load_state_dict_and_unfreeze(cell):
     model.unfreeze()
     for p in model.parameters().values():
         p += 0.25
-    assert_same(model(x), fresh(model)(x))
+    assert_same(model(x), twin(model)(x))
     model.freeze()
-    assert_same(planned(model, x), fresh(model)(x))
+    assert_same(planned(model, x), twin(model)(x))
 
 
 @pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])
@@ -197,7 +185,7 @@ def test_calls_a_plan_declines_take_the_validating_path(cell):
     model = make_model(cell, I, H, seed=8).freeze()
     x = normal(rng, (T, B, I), np.float32)
     planned(model, x)
-    want = fresh(model)
+    want = twin(model)
     for other in (x.astype(np.float64), np.asfortranarray(x), x.tolist()):
         assert_same(model(other), want(other))
     wide = normal(rng, (T, 2 * B, I), np.float32)[:, ::2]  # the plan's shape, strided
@@ -218,7 +206,7 @@ def test_plans_are_per_thread():
     rng = np.random.default_rng(9)
     model = fastrnn.GRU(I, H, num_layers=2, seed=9).freeze()
     xs = [normal(rng, (T, B, I), np.float32) for _ in range(2)]
-    want = [fresh(model)(x)[0] for x in xs]
+    want = [twin(model)(x)[0] for x in xs]
     got = run_in_two_threads(lambda k: model(xs[k])[0], 50, "planned calls")
     for k in range(2):
         for y in got[k]:
@@ -245,8 +233,8 @@ def test_copies_of_a_planned_model_run_alike():
     model = fastrnn.LSTM(I, H, num_layers=2, seed=11).freeze()
     x = normal(rng, (T, B, I), np.float32)
     want = planned(model, x)
-    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert_same(planned(twin, x), want)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert_same(planned(copied, x), want)
     assert_same(model(x), want)
 
 
@@ -258,7 +246,7 @@ def test_planned_stream_steps_and_chunks_equal_one_call(cell, frozen, monkeypatc
     if frozen:
         model.freeze()
     x = normal(rng, (12, B, I), np.float32)
-    want, _ = fresh(model)(x)
+    want, _ = twin(model)(x)
     stream = model.stream(B)
     out = np.empty((B, H), np.float32)
     got = [stream.step(x[t], out=out).copy() for t in range(3)]  # the third is planned
@@ -292,9 +280,9 @@ def test_planned_stream_follows_parameter_changes(cell):
     stream.refresh()
     got += [stream(x[t : t + 2]) for t in range(15, 19, 2)] + [stream.step(x[19])[None]]
 
-    first = fresh(model)
+    first = twin(model)
     first.load_state_dict({k: v * 2.0 for k, v in model.state_dict().items()})
-    halved = fresh(model)
+    halved = twin(model)
     want, h = [], None
     for lo, hi, m in ((0, 6, first), (6, 9, other), (9, 15, first), (15, 20, halved)):
         y, h = m(x[lo:hi], h)
@@ -322,7 +310,7 @@ def test_stream_plans_again_after_its_packs_were_made_anew(monkeypatch):
     got.append(stream.step(x[12])[None])  # packed anew for the steps' plan
     want, h = [], None
     for lo, hi, m in ((0, 4, model), (4, 6, other), (6, 13, model)):
-        y, h = fresh(m)(x[lo:hi], h)
+        y, h = twin(m)(x[lo:hi], h)
         want.append(y)
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
 
@@ -355,7 +343,7 @@ def test_planned_bidirectional_calls_pair_their_directions_as_the_validating_pat
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        want = fresh(model)(x)
+        want = twin(model)(x)
         planned(model, x)
         pairs = fastrnn._kernels.deferred_pairs_run()
         no_validating_path(monkeypatch)

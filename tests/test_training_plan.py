@@ -13,10 +13,12 @@ from helpers import (
     DTYPE_IDS,
     DTYPES,
     assert_grads_match,
+    forbid,
     make_model,
     normal,
     numeric_grads,
     run_in_two_threads,
+    twin,
 )
 
 import fastrnn
@@ -26,34 +28,9 @@ I, H, T, B = 5, 7, 4, 3  # noqa: E741
 LAYOUTS = ["time_major", "unbatched", "batch_first_one_row"]
 
 
-def twin_of(model):
-    """A model of the same configuration and weights that has never run (no plans)."""
-    cell = _cell_name(model)
-    twin = make_model(
-        cell, model.input_size, model.hidden_size, num_layers=model.num_layers,
-        batch_first=model.batch_first, bias=model.bias, dtype=model.dtype,
-        bidirectional=model.bidirectional,
-    )  # fmt: skip
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
-def _cell_name(model):
-    if isinstance(model, fastrnn.RNN):
-        return "rnn_" + model.nonlinearity
-    if isinstance(model, fastrnn.GRU):
-        return "gru" if model.reset_after else "gru_reset_before"
-    return "lstm"
-
-
 def no_validating_path(monkeypatch):
     """From here on, a pass that runs _layer.forward or _layer.backward fails."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the pass did not run from its plan")
-
-    monkeypatch.setattr(_layer, "forward", forbidden)
-    monkeypatch.setattr(_layer, "backward", forbidden)
+    forbid(monkeypatch, _layer, "forward", "backward")
 
 
 def train(model, x, h0=None, dy=None, dh_n=None):
@@ -119,7 +96,7 @@ def test_planned_training_equals_the_validating_path(
     dy2 = layout_array(layout, rng, dtype, directions * H)
     got = train(model, x2, h0, dy2, dh_n)  # new values, same shape: still the plan
     monkeypatch.undo()
-    assert_same_step(got, train(twin_of(model), x2, h0, dy2, dh_n))
+    assert_same_step(got, train(twin(model), x2, h0, dy2, dh_n))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -160,11 +137,11 @@ def test_planned_pass_keeps_the_weights_of_its_forward_and_repeats():
     dy = normal(rng, (T, B, H), np.float32)
     model.forward_train(x1)
     model.forward_train(x1)
-    want1 = train(twin_of(model), x1, dy=dy)
+    want1 = train(twin(model), x1, dy=dy)
     _, _, backward1 = model.forward_train(x1)  # planned
     for p in model.parameters().values():
         p *= 0.5
-    want2 = train(twin_of(model), x2, dy=dy)
+    want2 = train(twin(model), x2, dy=dy)
     _, _, backward2 = model.forward_train(x2)  # planned, the new weights
     for backward, want in ((backward2, want2), (backward1, want1), (backward1, want1)):
         g = backward(dy)
@@ -195,7 +172,7 @@ def test_arguments_a_plan_declines_give_the_validating_paths_numbers_or_errors(c
     x, dy = normal(rng, (T, B, I), np.float32), normal(rng, (T, B, H), np.float32)
     train(model, x, dy=dy)
     train(model, x, dy=dy)
-    want = twin_of(model)
+    want = twin(model)
     strided = normal(rng, (T, 2 * B, H), np.float32)[:, ::2]
     for other in (dy.astype(np.float64), np.asfortranarray(dy), dy.tolist(), strided, None):
         assert_same_step(train(model, x, dy=other), train(want, x, dy=other))
@@ -249,9 +226,9 @@ def test_planned_training_follows_replaced_parameters_and_load_state_dict():
     train(model, x, dy=dy)
     params = model.parameters()
     params["weight_hh_l1"] = params["weight_hh_l1"] * -1.0
-    assert_same_step(train(model, x, dy=dy), train(twin_of(model), x, dy=dy))
+    assert_same_step(train(model, x, dy=dy), train(twin(model), x, dy=dy))
     model.load_state_dict(fastrnn.RNN(I, H, num_layers=2, seed=10).state_dict())
-    assert_same_step(train(model, x, dy=dy), train(twin_of(model), x, dy=dy))
+    assert_same_step(train(model, x, dy=dy), train(twin(model), x, dy=dy))
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own_models", "one_model"])
@@ -263,7 +240,7 @@ def test_planned_training_on_two_threads_and_thread_counts(shared):
     if shared:
         models[1] = models[0]
     x, dy = normal(rng, (T, 1, I), np.float32), normal(rng, (T, 1, H), np.float32)
-    want = train(twin_of(models[0]), x, dy=dy)
+    want = train(twin(models[0]), x, dy=dy)
     got = run_in_two_threads(lambda k: train(models[k], x, dy=dy), 6, "a training step")
     for runs in got:
         for step in runs:
@@ -310,7 +287,7 @@ def test_planned_bidirectional_layers_run_their_directions_as_the_validating_pat
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        want = train(twin_of(model), x, dy=dy)
+        want = train(twin(model), x, dy=dy)
         train(model, x, dy=dy)
         train(model, x, dy=dy)
         pairs = fastrnn._kernels.deferred_pairs_run()
