@@ -66,6 +66,7 @@ class ForwardPlan:
         c_shape: tuple[int, ...],
         zero_h: _F,
         zero_c: _F | None,
+        pairs: tuple[bool, ...] | None = None,
     ) -> None: ...
     def run(
         self,
@@ -87,6 +88,7 @@ class TrainingPlan:
         self,
         forwards: list[Deferred],
         backwards: list[Deferred],
+        pairs: tuple[bool, ...],
         tape_shapes: list[tuple[tuple[int, ...], ...]],
         grad_shapes: list[tuple[tuple[int, ...], ...]],
         backward_scratch: list[Callable[[], tuple[_F, _F, _F, _F, bool]]],
@@ -99,7 +101,11 @@ class TrainingPlan:
         dtype: Any,
     ) -> None: ...
     def forward(
-        self, x: _F, h0: _F | None = None, c0: _F | None = None
+        self,
+        x: _F,
+        h0: _F | None = None,
+        c0: _F | None = None,
+        dropout: Callable[[], list[_F]] | None = None,
     ) -> tuple[_F, _F, _F | None, TrainingTape] | None: ...
     def backward(
         self, tape: TrainingTape, dy: Any, dh_n: Any = None, dc_n: Any = None

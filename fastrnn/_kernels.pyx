@@ -1711,9 +1711,10 @@ cdef class TrainingTape:
     and W_ih that are this pass's copy of the weights. Those it took from the spares go
     back there when it dies (`release`), as a Tape's do."""
     cdef TrainingPlan plan
-    cdef tuple layers           # per layer: (xc, hs, cs, acts, bwpack, bipack)
+    cdef tuple layers           # per layer-direction: (xc, hs, cs, acts, bwpack, bipack)
     cdef tuple spare
     cdef object release
+    cdef object masks           # dropout between layers: one a layer but the last, or ()
 
     def __dealloc__(self):
         if self.release is not None and self.spare:
@@ -1753,6 +1754,25 @@ cdef void split_directions(const char *g, char *a, char *b, Py_ssize_t T, Py_ssi
             memcpy(a + (t * B + j) * width, g + (t * B + j) * 2 * width, width)
             memcpy(b + ((T - 1 - t) * B + j) * width, g + (t * B + j) * 2 * width + width,
                    width)
+
+
+cdef void scale_by(floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
+    """a *= b elementwise (what multiply(a, b, a) computes)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        a[k] = a[k] * b[k]
+
+
+cdef void scale(object a, object b, int typenum):
+    """Array a *= array b (same size, the plan's type): dropout's mask."""
+    cdef void *a_ = array_data(a)
+    cdef const void *b_ = array_data(b)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray> a)
+    with nogil:
+        if typenum == DOUBLE_TYPE:
+            scale_by(<double *> a_, <const double *> b_, n)
+        else:
+            scale_by(<float *> a_, <const float *> b_, n)
 
 
 cdef void add_reversed(floating *out, const floating *a, Py_ssize_t T,
@@ -1877,10 +1897,12 @@ cdef class TrainingPlan:
                 return True
         return False
 
-    def forward(self, x, h0=None, c0=None):
+    def forward(self, x, h0=None, c0=None, dropout=None):
         """The forward pass on x from h0 (and c0) or zeros: (y, h_n, c_n, tape), c_n None
         but for an LSTM; or None, running nothing, when an argument is not exactly a
-        C-contiguous aligned array of the plan's type and presented shape."""
+        C-contiguous aligned array of the plan's type and presented shape. dropout: None,
+        or a function giving, once the arguments are taken, the masks (T, B, D*P) that
+        multiply the outputs of all layers but the last (the tape keeps them)."""
         cdef int layer, d, k, D = self.D
         cdef ForwardCall calls[2]
         cdef Runnable runs[2]
@@ -1896,6 +1918,10 @@ cdef class TrainingPlan:
             return None
         if self.lstm and not self.exact(c0, self.c_shape):
             return None
+        masks = () if dropout is None else tuple(dropout())
+        if masks and (len(masks) != self.L - 1 or not all(
+                self.exact(m, self.yt_shape) for m in masks)):
+            raise ValueError("TrainingPlan: dropout masks of other shapes (a bug)")
         y = new_array(self.y_shape, self.typenum)
         h_n = new_array(self.h_shape, self.typenum)
         c_n = new_array(self.c_shape, self.typenum) if self.lstm else None
@@ -1953,14 +1979,16 @@ cdef class TrainingPlan:
             run_layer(runs, D, self.pairs[layer])
             if D == 1:
                 layer_x = outs[0]
-                continue
-            layer_x = y if last else new_array((T, B, 2 * P), self.typenum)
-            join_directions(<const char *> array_data(outs[0]),
-                            <const char *> array_data(outs[1]),
-                            <char *> array_data(layer_x), T, B, P * item)
+            else:
+                layer_x = y if last else new_array((T, B, 2 * P), self.typenum)
+                join_directions(<const char *> array_data(outs[0]),
+                                <const char *> array_data(outs[1]),
+                                <char *> array_data(layer_x), T, B, P * item)
+            if masks and not last:  # dropout between layers, in place (its own array)
+                scale(layer_x, masks[layer], self.typenum)
         tape = TrainingTape.__new__(TrainingTape)
         tape.plan, tape.layers, tape.spare = self, tuple(layers), tuple(spare)
-        tape.release = self.release
+        tape.release, tape.masks = self.release, masks
         return y, h_n, c_n, tape
 
     def backward(self, TrainingTape tape, dy, dh_n=None, dc_n=None):
@@ -2001,6 +2029,8 @@ cdef class TrainingPlan:
         grads = [None] * self.n
         g = dy
         for layer in range(self.L - 1, -1, -1):
+            if tape.masks and layer < self.L - 1:  # through dropout (g: the layer above's dx)
+                scale(g, tape.masks[layer], self.typenum)
             dys = [g]
             if D == 2:  # each direction's part of dL/dy, the reverse one reversed in time
                 dys = [new_array((T, B, P), self.typenum) for d in range(2)]

@@ -299,14 +299,24 @@ class RecurrentModel:
                 tapes += [result[3] for result in results]
             layer_out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if training and self.dropout > 0.0 and layer < L - 1:
-                keep = 1.0 - self.dropout
-                kept = self._dropout_rng.random(layer_out.shape) < keep
-                mask = (kept / keep if keep > 0.0 else kept).astype(self.dtype)
+                mask = self._dropout_mask(layer_out.shape)
                 _kernels.multiply(layer_out.reshape(-1), mask.reshape(-1), layer_out.reshape(-1))
                 masks.append(mask)
             layer_in = layer_out
         run = (T, B, batched, lens, tapes, masks)
         return layer_in, h_n, c_n, run
+
+    def _dropout_mask(self, shape: tuple) -> np.ndarray:
+        """A fresh dropout mask: 0 or 1 / (1 - p) an element."""
+        keep = 1.0 - self.dropout
+        kept = self._dropout_rng.random(shape) < keep
+        return (kept / keep if keep > 0.0 else kept).astype(self.dtype)
+
+    def _dropout_masks(self, T: int, B: int) -> list:
+        """The masks of a training pass's layer outputs but the last, drawn in the order
+        _run draws them."""
+        shape = (T, B, self.num_directions * self._h_size)
+        return [self._dropout_mask(shape) for _ in range(self.num_layers - 1)]
 
     def __call__(self, x, h0=None, lengths=None):
         """Inference. x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
@@ -441,11 +451,14 @@ class RecurrentModel:
         if planned is None:
             return None
         plan, state = planned
-        out = plan.forward(x, *state)
+        layout = self._time_major_sizes(x)
+        dropout = None
+        if self.dropout > 0.0 and self.num_layers > 1:
+            dropout = functools.partial(self._dropout_masks, *layout[:2])
+        out = plan.forward(x, *state, dropout=dropout)
         if out is None:
             return None
         y, h_n, c_n, tape = out
-        layout = self._time_major_sizes(x)
 
         def backward(dy, dh_n=None):
             return self._backward_planned(plan, tape, layout, dy, dh_n)

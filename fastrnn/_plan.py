@@ -149,13 +149,8 @@ def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
 
 
 def trains_by_plan(model) -> bool:
-    """Whether a model's training passes can be planned: no projection, no dropout between
-    layers (fresh masks each call), live parameters."""
-    return (
-        model._h_size == model.hidden_size
-        and (model.dropout == 0.0 or model.num_layers == 1)
-        and not model.frozen
-    )
+    """Whether a model's training passes can be planned: no projection, live parameters."""
+    return model._h_size == model.hidden_size and not model.frozen
 
 
 def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):

@@ -188,17 +188,38 @@ def test_arguments_a_plan_declines_give_the_validating_paths_numbers_or_errors(c
         train(model, x, dy=dy, dh_n=np.zeros((2, B, H), np.float32))
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"num_layers": 2, "dropout": 0.5}, {"proj_size": 4}],
-    ids=["dropout", "projection"],
-)
-def test_models_a_plan_cannot_run_train_on_the_validating_path(kwargs, monkeypatch):
-    rng = np.random.default_rng(7)
-    model = fastrnn.LSTM(I, H, seed=7, **kwargs)
+@pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_planned_training_draws_dropout_masks_as_the_validating_path(
+    cell, directions, monkeypatch
+):
+    """Two models alike, one training from its plan (from its third pass), the other (given
+    Fortran-ordered x, which no plan takes) on the validating path: the same masks, drawn
+    in the same order, so the same numbers, pass after pass."""
+    rng = np.random.default_rng(15)
+    models = [make_model(cell, I, H, num_layers=3, dropout=0.4, bidirectional=directions == 2,
+                         seed=15) for _ in range(2)]  # fmt: skip
     x = normal(rng, (T, B, I), np.float32)
-    width = model.num_directions * model._h_size
-    dy = normal(rng, (T, B, width), np.float32)
+    dy = normal(rng, (T, B, directions * H), np.float32)
+    calls = []
+    forward = _layer.forward
+    monkeypatch.setattr(_layer, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    outputs = []
+    for step in range(4):
+        calls.clear()
+        got = train(models[0], x, dy=dy)
+        assert bool(calls) == (step < 2)  # planned from the third pass
+        want = train(models[1], np.asfortranarray(x), dy=dy)
+        assert_same_step(got, want)
+        outputs.append(got[0][0])
+    assert not np.array_equal(outputs[2], outputs[3])  # fresh masks each pass
+
+
+def test_models_with_a_projection_train_on_the_validating_path(monkeypatch):
+    rng = np.random.default_rng(7)
+    model = fastrnn.LSTM(I, H, seed=7, proj_size=4)
+    x = normal(rng, (T, B, I), np.float32)
+    dy = normal(rng, (T, B, 4), np.float32)
     train(model, x, dy=dy)
     train(model, x, dy=dy)
     calls = []
