@@ -1684,9 +1684,9 @@ cdef class ForwardPlan:
 # TrainingPlan gives anew on every call; it holds the others (weights, row order, thread
 # split, this thread's scratch) and, of these, only the empty ones (the arrays of a cell
 # that has no cell state, no saved activations...), which no call reads.
-FORWARD_PER_CALL = frozenset((0, 6, 7, 11, 12, 13, 15, 16, 17, 22, 23, 24))
-BACKWARD_PER_CALL = frozenset((0, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23,
-                               24, 25, 26, 27, 28))
+FORWARD_PER_CALL = frozenset((0, 5, 6, 7, 11, 12, 13, 15, 16, 17, 18, 22, 23, 24))
+BACKWARD_PER_CALL = frozenset((0, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                               22, 23, 24, 25, 26, 27, 28))
 
 
 cdef tuple held_arrays(Deferred d, per_call):
@@ -1711,7 +1711,8 @@ cdef class TrainingTape:
     and W_ih that are this pass's copy of the weights. Those it took from the spares go
     back there when it dies (`release`), as a Tape's do."""
     cdef TrainingPlan plan
-    cdef tuple layers           # per layer-direction: (xc, hs, cs, acts, bwpack, bipack)
+    cdef tuple layers           # per layer-direction: (xc, hs, cs, acts, bwpack, bipack,
+                                # hraw, w_hr): the last two an LSTM projection's, else None
     cdef tuple spare
     cdef object release
     cdef object masks           # dropout between layers: one a layer but the last, or ()
@@ -1812,8 +1813,11 @@ cdef class TrainingPlan:
     cdef object scratch         # scratch(shape, dtype): an array from the spares
     cdef object release         # release(*arrays): back to the spares
     cdef list backward_scratch  # per layer-direction: () -> (dgx, dgh, dhs, gbuf, kept)
-    cdef list tape_shapes       # per layer-direction: shapes of (hs, cs, acts, bwpack, bipack)
-    cdef list grad_shapes       # per layer-direction: shapes of (dW_ih, dW_hh, db_ih, db_hh)
+    cdef list tape_shapes       # per layer-direction: shapes of (hs, cs, acts, bwpack, bipack,
+                                # hraw)
+    cdef list grad_shapes       # per layer-direction: shapes of (dW_ih, dW_hh, db_ih, db_hh
+                                # and, with a projection, dW_hr)
+    cdef list w_hr              # per layer-direction: the projection's parameter, or None
     cdef object dtype
     cdef object zero_h, zero_c  # the initial state, and dh_n / dc_n, of a call without one
     cdef tuple x_shape, y_shape, h_shape, c_shape   # as the caller presents them
@@ -1829,14 +1833,15 @@ cdef class TrainingPlan:
 
     def __init__(self, list forwards, list backwards, tuple pairs, list tape_shapes,
                  list grad_shapes, list backward_scratch, tuple shapes, tuple time_major,
-                 zero_h, zero_c, scratch, release, dtype):
+                 zero_h, zero_c, scratch, release, dtype, list w_hr=None):
         """forwards, backwards: per layer-direction, in order, a Deferred from forward(...,
         training, later) over a time-major input (T, B, I_layer) and one from backward(...,
         later) of its tape, for one thread each in the layers whose `pairs` entry is true,
         else with the usual split; shapes: (x, y, h, c) as the caller presents them, the same
         memory as the time-major `time_major` (T, B, I), (T, B, D*P), (L*D, B, P),
         (L*D, B, H) (c: () but for an LSTM); zero_h / zero_c: read-only zeros of the
-        presented h and c."""
+        presented h and c; w_hr: an LSTM projection's parameter per layer-direction (each
+        pass copies it, as _layer._training_weights does), else None."""
         cdef Deferred f, b, first
         cdef int i, n
         cdef Py_ssize_t item
@@ -1863,7 +1868,7 @@ cdef class TrainingPlan:
                     or b.double != first.double or not f.forward.q.training):
                 raise ValueError("TrainingPlan: calls that are not a prepared training pass")
             if (f.forward.q.S != first.forward.q.S or f.forward.q.B != first.forward.q.B
-                    or f.forward.q.P != first.forward.q.P or f.forward.q.proj):
+                    or f.forward.q.P != first.forward.q.P):
                 raise ValueError("TrainingPlan: layers of different batch, width or length")
             self.fcalls[i], self.bcalls[i] = f.forward, b.backward
             held.append(held_arrays(f, FORWARD_PER_CALL))
@@ -1873,6 +1878,9 @@ cdef class TrainingPlan:
         self.lstm = first.forward.q.cell == LSTM
         self.tape_shapes, self.grad_shapes = list(tape_shapes), list(grad_shapes)
         self.backward_scratch = list(backward_scratch)
+        self.w_hr = list(w_hr) if w_hr is not None else [None] * n
+        if len(self.w_hr) != n:
+            raise ValueError("TrainingPlan: one projection (or None) a layer-direction")
         self.scratch, self.release, self.dtype = scratch, release, dtype
         self.zero_h, self.zero_c = zero_h, zero_c
         self.x_shape, self.y_shape, self.h_shape, self.c_shape = shapes
@@ -1938,7 +1946,8 @@ cdef class TrainingPlan:
             for d in range(D):
                 k = layer * D + d
                 calls[d] = self.fcalls[k]
-                hs_shape, cs_shape, acts_shape, bw_shape, bi_shape = self.tape_shapes[k]
+                hs_shape, cs_shape, acts_shape, bw_shape, bi_shape, hraw_shape = (
+                    self.tape_shapes[k])
                 hs, bw, bi = scratch(hs_shape, dtype), scratch(bw_shape, dtype), scratch(bi_shape, dtype)
                 spare += [hs, bw, bi]
                 cs = acts = None
@@ -1951,6 +1960,12 @@ cdef class TrainingPlan:
                     acts = scratch(acts_shape, dtype)
                     spare.append(acts)
                     calls[d].q.acts = array_data(acts)
+                hraw = w_hr = None
+                if self.w_hr[k] is not None:  # the pass's own copy of W_hr, and o * tanh(c)
+                    w_hr = cnp.PyArray_NewCopy(<cnp.ndarray> self.w_hr[k], cnp.NPY_CORDER)
+                    hraw = scratch(hraw_shape, dtype)
+                    spare.append(hraw)
+                    calls[d].q.w_hr, calls[d].q.hraw = array_data(w_hr), array_data(hraw)
                 calls[d].q.xsave = NULL
                 if d == 1:  # the reverse direction reads its own copy, reversed in time
                     xc = scratch(layer_x.shape, dtype)
@@ -1972,7 +1987,7 @@ cdef class TrainingPlan:
                 calls[d].q.hs, calls[d].q.bpk = array_data(hs), array_data(bw)
                 calls[d].q.bipk = array_data(bi)
                 calls[d].h0, calls[d].h_n = h0_ + k * self.h_step, h_n_ + k * self.h_step
-                layers.append((xc, hs, cs, acts, bw, bi))
+                layers.append((xc, hs, cs, acts, bw, bi, hraw, w_hr))
             for d in range(D):
                 runs[d].kind, runs[d].double = FORWARD_CALL, self.typenum == DOUBLE_TYPE
                 runs[d].forward, runs[d].backward = &calls[d], NULL
@@ -2036,11 +2051,11 @@ cdef class TrainingPlan:
                 dys = [new_array((T, B, P), self.typenum) for d in range(2)]
                 split_directions(<const char *> array_data(g), <char *> array_data(dys[0]),
                                  <char *> array_data(dys[1]), T, B, P * item)
-            dxs, scratches = [], []
+            dxs, scratches, works = [], [], []  # (work: alive while the calls run)
             for d in range(D):
                 k = layer * D + d
                 calls[d] = self.bcalls[k]
-                xc, hs, cs, acts, bw, bi = tape.layers[k]
+                xc, hs, cs, acts, bw, bi, hraw, w_hr = tape.layers[k]
                 dgx, dgh, dhs, gbuf, kept = self.backward_scratch[k]()
                 if (gbuf.shape[0] != calls[d].gbuf_threads
                         or gbuf.shape[1] != calls[d].gbuf_size
@@ -2050,8 +2065,14 @@ cdef class TrainingPlan:
                 work = new_array((3 * B, calls[d].q.H), self.typenum)
                 dxc = new_array((T, B, calls[d].q.n_in), self.typenum)
                 dxs.append(dxc)
-                dw_ih, dw_hh, db_ih, db_hh = (new_array(s, self.typenum) for s in self.grad_shapes[k])
-                grads[k] = (dw_ih, dw_hh, db_ih, db_hh, work)
+                dws = tuple(new_array(s, self.typenum) for s in self.grad_shapes[k])
+                dw_ih, dw_hh, db_ih, db_hh = dws[:4]
+                grads[k] = dws
+                works.append(work)
+                if w_hr is not None:  # the projection: its copy of W_hr, o * tanh(c), dW_hr
+                    calls[d].q.w_hr = array_data(w_hr)
+                    calls[d].q.hraw = calls[d].wg.hraw = array_data(hraw)
+                    calls[d].wg.dw_hr = array_data(dws[4])
                 calls[d].q.pk, calls[d].q.ipk = array_data(bw), array_data(bi)
                 calls[d].q.xc, calls[d].q.yc = array_data(dxc), array_data(dys[d])
                 calls[d].q.work = array_data(work)
@@ -2077,8 +2098,6 @@ cdef class TrainingPlan:
             for kept, dgx, dgh, dhs, gbuf in scratches:
                 if not kept:
                     self.release(dgx, dgh, dhs, gbuf)
-            for d in range(D):
-                grads[layer * D + d] = grads[layer * D + d][:4]
             g = dxs[0]
             if D == 2:  # the reverse direction's input gradient, put back in time order, added
                 out, rev = array_data(g), array_data(dxs[1])

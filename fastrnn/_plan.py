@@ -149,8 +149,9 @@ def prepare(model, xs: np.ndarray, shapes: tuple, zeros: tuple, ws_list=None):
 
 
 def trains_by_plan(model) -> bool:
-    """Whether a model's training passes can be planned: no projection, live parameters."""
-    return model._h_size == model.hidden_size and not model.frozen
+    """Whether a model's training passes can be planned: live parameters (a frozen model's
+    backward packs are its weights' own)."""
+    return not model.frozen
 
 
 def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
@@ -168,7 +169,7 @@ def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
     c0 = np.zeros((L * D, B, H), dtype) if lstm else None
     c_n = np.empty((L * D, B, H), dtype) if lstm else None
     dy = np.zeros((T, B, P), dtype)
-    forwards, backwards, pairs, tape_shapes, grad_shapes, scratch = [], [], [], [], [], []
+    forwards, backwards, pairs, tape_shapes, grad_shapes, scratch, w_hr = ([] for _ in range(7))
     layer_in = xs
     for layer in range(L):
         # as _models.RecurrentModel._run pairs them
@@ -178,8 +179,10 @@ def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
         for d in range(D):
             k = layer * D + d
             prepared = _kernels.Deferred()
+            weights = model._weights(layer, d)
+            w_hr.append(weights.w_hr)  # each pass copies it (_layer._training_weights)
             _, finish = _layer.forward(
-                cell, model._weights(layer, d), layer_in, h0[k],
+                cell, weights, layer_in, h0[k],
                 None if c0 is None else c0[k], None, bool(d), True, h_n=h_n[k],
                 c_n=None if c_n is None else c_n[k], later=prepared, split=not pair,
                 save_input=layer == 0,
@@ -193,10 +196,11 @@ def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
             )
             forwards.append(prepared)
             backwards.append(back)
-            tape_shapes.append((tape.hs.shape, tape.cs.shape, tape.acts.shape,
-                                tape.packs[0].shape, tape.packs[1].shape))  # fmt: skip
+            saved = (tape.hs, tape.cs, tape.acts, *tape.packs, tape.hraw)
+            tape_shapes.append(tuple(a.shape for a in saved))
             w = tape.weights
-            grad_shapes.append((w.w_ih.shape, w.w_hh.shape, w.b_ih.shape, w.b_hh.shape))
+            grads = (w.w_ih, w.w_hh, w.b_ih, w.b_hh) + (() if w.w_hr is None else (w.w_hr,))
+            grad_shapes.append(tuple(g.shape for g in grads))
             shapes_k = _layer.backward_shapes(tape, alone=pair)
             scratch.append(functools.partial(_layer.backward_scratch, shapes_k, dtype, bool(d)))
         layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
@@ -204,7 +208,7 @@ def prepare_training(model, xs: np.ndarray, shapes: tuple, zeros: tuple):
                   (L * D, B, H) if lstm else ())  # fmt: skip
     return _kernels.TrainingPlan(
         forwards, backwards, tuple(pairs), tape_shapes, grad_shapes, scratch, shapes,
-        time_major, *zeros, _layer._scratch, _layer._release, dtype,
+        time_major, *zeros, _layer._scratch, _layer._release, dtype, w_hr,
     )  # fmt: skip
 
 

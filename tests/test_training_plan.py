@@ -215,18 +215,35 @@ def test_planned_training_draws_dropout_masks_as_the_validating_path(
     assert not np.array_equal(outputs[2], outputs[3])  # fresh masks each pass
 
 
-def test_models_with_a_projection_train_on_the_validating_path(monkeypatch):
+@pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_planned_lstm_with_projection_equals_the_validating_path(
+    dtype, layers, directions, monkeypatch
+):
+    """An LSTM with proj_size: each pass keeps its own copy of W_hr (an in-place step on it
+    between forward and backward does not reach the pass), and dW_hr comes back too."""
     rng = np.random.default_rng(7)
-    model = fastrnn.LSTM(I, H, seed=7, proj_size=4)
-    x = normal(rng, (T, B, I), np.float32)
-    dy = normal(rng, (T, B, 4), np.float32)
-    train(model, x, dy=dy)
-    train(model, x, dy=dy)
-    calls = []
-    forward = _layer.forward
-    monkeypatch.setattr(_layer, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    train(model, x, dy=dy)
-    assert calls
+    kwargs = dict(num_layers=layers, proj_size=4, bidirectional=directions == 2, dtype=dtype)
+    model = fastrnn.LSTM(I, H, seed=7, **kwargs)
+    x = normal(rng, (T, B, I), dtype)
+    dy = normal(rng, (T, B, directions * 4), dtype)
+    h0 = (normal(rng, (layers * directions, B, 4), dtype),
+          normal(rng, (layers * directions, B, H), dtype))  # fmt: skip
+    train(model, x, h0, dy)
+    train(model, x, h0, dy)
+    want_model = fastrnn.LSTM(I, H, **kwargs)
+    want_model.load_state_dict(model.state_dict())
+    want = train(want_model, x, h0, dy)
+    no_validating_path(monkeypatch)
+    _, _, backward = model.forward_train(x, h0)
+    model.parameters()["weight_hr_l0"] *= 0.5  # after the forward pass: not seen by it
+    g = backward(dy)
+    monkeypatch.undo()
+    got = [g.x, g.h0, g.c0, *g.params.values()]
+    assert list(g.params) == want[2] and "weight_hr_l0" in g.params
+    for a, b in zip(got, want[1], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_frozen_model_trains_on_the_validating_path():
