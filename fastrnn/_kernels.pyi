@@ -99,6 +99,7 @@ class TrainingPlan:
         scratch: Callable[[tuple[int, ...], Any], _F],
         release: Callable[..., None],
         dtype: Any,
+        w_hr: list[_F | None] | None = None,
     ) -> None: ...
     def forward(
         self,
