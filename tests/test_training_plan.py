@@ -51,6 +51,13 @@ def assert_same_step(got, want):
     assert got[2] == want[2]  # the parameters' names, in state_dict order
 
 
+def assert_same_gradients(g, want):
+    """Gradients g (LSTM) against the gradients of a train() step, bit for bit."""
+    assert list(g.params) == want[2]
+    for a, b in zip([g.x, g.h0, g.c0, *g.params.values()], want[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def layout_array(layout, rng, dtype, width, steps=T):
     if layout == "time_major":
         return normal(rng, (steps, B, width), dtype)
@@ -144,10 +151,7 @@ def test_planned_pass_keeps_the_weights_of_its_forward_and_repeats():
     want2 = train(twin(model), x2, dy=dy)
     _, _, backward2 = model.forward_train(x2)  # planned, the new weights
     for backward, want in ((backward2, want2), (backward1, want1), (backward1, want1)):
-        g = backward(dy)
-        got = [g.x, g.h0, g.c0, *g.params.values()]
-        for a, b in zip(got, want[1], strict=True):
-            np.testing.assert_array_equal(a, b)
+        assert_same_gradients(backward(dy), want)
 
 
 def test_planned_outputs_and_gradients_are_new_arrays():
@@ -240,10 +244,8 @@ def test_planned_lstm_with_projection_equals_the_validating_path(
     model.parameters()["weight_hr_l0"] *= 0.5  # after the forward pass: not seen by it
     g = backward(dy)
     monkeypatch.undo()
-    got = [g.x, g.h0, g.c0, *g.params.values()]
-    assert list(g.params) == want[2] and "weight_hr_l0" in g.params
-    for a, b in zip(got, want[1], strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert "weight_hr_l0" in g.params
+    assert_same_gradients(g, want)
 
 
 def test_a_frozen_model_trains_on_the_validating_path():
