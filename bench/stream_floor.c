@@ -4,7 +4,9 @@
  * units run; one thread's LSTM and GRU steps run fastrnn_step.h, the same stream) streams a
  * packed W_hh^T that stays in cache, one thread, and two threads at once on halves of it;
  * and the hidden-unit split's whole step less its gate math (each thread's units of every
- * gate, the state written half by each core, fastrnn's barrier once a step). At batch 1 a
+ * gate, the state written half by each core, fastrnn's barrier once a step); beside them, a
+ * bare read of the same bytes (vector loads summed, no product, no dependency from one pass
+ * to the next): the cache's own read rate, which the product can at best reach. At batch 1 a
  * step reads its whole share of W_hh once for one multiply-add per element, so this rate,
  * not the FMA rate, bounds the recurrence; the notes on the speed issue derive their
  * per-shape floors from it.
@@ -15,7 +17,7 @@
  * Prints, per gate-column count of an LSTM/GRU/RNN of hidden size H (K = H rows), the best of
  * 6 rounds of 20000 calls: microseconds a step and GB/s, for one thread on all columns, for
  * each of two threads on half of them, both running at once, and for the 2-thread unit
- * split's step.
+ * split's step; then the bare read's microseconds and GB/s, one thread.
  */
 #include <pthread.h>
 #include <stddef.h>
@@ -61,6 +63,38 @@ static void *run_share(void *arg)
     free(h);
     free(out);
     return NULL;
+}
+
+/* Seconds a bare read of elems floats takes (best of 6 rounds of 20000 passes): 64-byte
+   vector loads added into four sums, as wide as the CPU's product reads W (AVX-512 on the
+   project's machines; GCC's generic vectors elsewhere). */
+typedef float v16f __attribute__((vector_size(64)));
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target("avx512f")))
+#endif
+static double bare_read(const float *p, size_t elems)
+{
+    const int calls = 20000;
+    double best = 1e9;
+    v16f keep = {0};
+    for (int round = 0; round < 6; ++round) {
+        double t0 = now();
+        for (int i = 0; i < calls; ++i) {
+            v16f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (size_t e = 0; e + 64 <= elems; e += 64) {
+                s0 += *(const v16f *)(p + e);
+                s1 += *(const v16f *)(p + e + 16);
+                s2 += *(const v16f *)(p + e + 32);
+                s3 += *(const v16f *)(p + e + 48);
+            }
+            keep += s0 + s1 + s2 + s3;
+        }
+        double t = (now() - t0) / calls;
+        best = t < best ? t : best;
+    }
+    volatile float sink = keep[0];
+    (void)sink;
+    return best;
 }
 
 /* The unit split as a step runs it, less the gate math: thread t of 2 reads the whole state
@@ -110,8 +144,9 @@ int main(void)
         {"LSTM H=64", 4, 64},   {"GRU H=256", 3, 256}, {"LSTM H=128", 4, 128},
         {"RNN H=256", 1, 256},  {"LSTM H=256", 4, 256},
     };
-    printf("%-11s %9s  %22s  %24s  %s\n", "case", "W_hh KiB", "1 thread: us, GB/s",
-           "2 threads, halves at once", "unit split step (barrier, state across cores)");
+    printf("%-11s %9s  %22s  %24s  %s  %s\n", "case", "W_hh KiB", "1 thread: us, GB/s",
+           "2 threads, halves at once", "unit split step (barrier, state across cores)",
+           "bare read: us, GB/s");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
         ptrdiff_t K = cases[i].H, N = (ptrdiff_t)cases[i].G * cases[i].H;
         size_t elems = (size_t)fastrnn_packed_size_f32(K, N);
@@ -147,9 +182,11 @@ int main(void)
         double step = split[0].best > split[1].best ? split[0].best : split[1].best;
         free(h);
 
-        printf("%-11s %9.0f  %9.2f us %6.1f GB/s  %9.2f us %6.1f GB/s  %9.2f us\n",
+        double read = bare_read(packed, (size_t)(K * N));
+        printf("%-11s %9.0f  %9.2f us %6.1f GB/s  %9.2f us %6.1f GB/s  %9.2f us %36.2f us "
+               "%6.1f GB/s\n",
                cases[i].what, kib, one.best * 1e6, kib * 1024 / one.best / 1e9, worst * 1e6,
-               kib / 2 * 1024 / worst / 1e9, step * 1e6);
+               kib / 2 * 1024 / worst / 1e9, step * 1e6, read * 1e6, kib * 1024 / read / 1e9);
         free(packed);
     }
     return 0;
