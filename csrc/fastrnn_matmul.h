@@ -29,6 +29,10 @@
        the call whose range ends at N also zeroes the padding: threads may share the work */   \
     void fastrnn_pack_cols_##SFX(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c1,          \
                                  int trans, const T *w, ptrdiff_t ldw, T *packed);             \
+    /* both packs of W (N, K) from one read of it: packed_t := W^T (K, N) and packed := W    \
+       (N, K), as fastrnn_pack with trans = 1 and 0 would give them */                        \
+    void fastrnn_pack_both_##SFX(ptrdiff_t K, ptrdiff_t N, const T *w, ptrdiff_t ldw,          \
+                                 T *packed_t, T *packed);                                      \
     /* C (n, N) := A (n, K) @ packed (K, N) + beta * C; beta is 0 or 1. reverse = 1 visits   \
        the panels last to first, with the same numbers: a time loop alternates it, so that a   \
        step starts on the panels the last one left in cache (a W larger than L2 would miss   \

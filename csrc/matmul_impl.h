@@ -62,9 +62,13 @@ static inline __attribute__((always_inline)) void NAME(transpose)(VEC *r)
 #undef TSTAGES
 
 /* dst[k * ldd + u] := w[u * ldw + k] for rows u < jn (<= VW) of W and k < K: a block of
-   rows of W transposed, each k one contiguous run of jn elements. */
+   rows of W transposed, each k one contiguous run of jn elements. With copy not NULL, the
+   same rows also as they are, into a pack of W itself: row u's columns k.. at
+   copy + u * PW + k / PW * copy_stride + k % PW (copy_stride: that pack's panel stride), from
+   the same loads. */
 static inline __attribute__((always_inline)) void NAME(pack_rows_t)(
-    ptrdiff_t K, ptrdiff_t jn, const T *w, ptrdiff_t ldw, T *dst, ptrdiff_t ldd)
+    ptrdiff_t K, ptrdiff_t jn, const T *w, ptrdiff_t ldw, T *dst, ptrdiff_t ldd, T *copy,
+    ptrdiff_t copy_stride)
 {
     ptrdiff_t k = 0;
     if (jn == VW) /* VW x VW blocks: load rows, transpose in registers, store */
@@ -73,26 +77,45 @@ static inline __attribute__((always_inline)) void NAME(pack_rows_t)(
 #pragma GCC unroll 16
             for (int u = 0; u < VW; ++u)
                 memcpy(&r[u], w + u * ldw + k, sizeof(VEC));
+            if (copy)
+#pragma GCC unroll 16
+                for (int u = 0; u < VW; ++u)
+                    memcpy(copy + u * PW + k / PW * copy_stride + k % PW, &r[u], sizeof(VEC));
             NAME(transpose)(r);
 #pragma GCC unroll 16
             for (int u = 0; u < VW; ++u)
                 memcpy(dst + (k + u) * ldd, &r[u], sizeof(VEC));
         }
     for (; k < K; ++k)
-        for (ptrdiff_t u = 0; u < jn; ++u)
+        for (ptrdiff_t u = 0; u < jn; ++u) {
             dst[k * ldd + u] = w[u * ldw + k];
+            if (copy)
+                copy[u * PW + k / PW * copy_stride + k % PW] = w[u * ldw + k];
+        }
+}
+
+/* The zeros of a packed (K, N) matrix: the columns of its last panel past N, and the slack
+   after it. */
+static inline __attribute__((always_inline)) void NAME(pack_padding)(ptrdiff_t K, ptrdiff_t N,
+                                                                   T *packed)
+{
+    const ptrdiff_t Npad = (N + PW - 1) / PW * PW;
+    for (ptrdiff_t j = N; j < Npad; ++j)
+        for (ptrdiff_t k = 0; k < K; ++k)
+            packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
+    for (ptrdiff_t u = 0; u < VW; ++u)
+        packed[Npad * K + u] = (T)0;
 }
 
 FASTRNN_CLONES
 void NAME(fastrnn_pack_cols)(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c1, int trans,
                              const T *w, ptrdiff_t ldw, T *packed)
 {
-    const ptrdiff_t Npad = (N + PW - 1) / PW * PW;
     /* packed[j / PW][k][j % PW] = op(W)[k][j] for columns j in c0..c1-1 */
     if (trans) { /* blocks of VW rows of W: each k writes one contiguous vector */
         for (ptrdiff_t j0 = c0; j0 < c1; j0 += VW)
             NAME(pack_rows_t)(K, c1 - j0 < VW ? c1 - j0 : VW, w + j0 * ldw, ldw,
-                              packed + j0 / PW * K * PW + j0 % PW, PW);
+                              packed + j0 / PW * K * PW + j0 % PW, PW, NULL, 0);
     } else {
         for (ptrdiff_t k = 0; k < K; ++k)
             for (ptrdiff_t j0 = c0; j0 < c1; j0 = (j0 / PW + 1) * PW) {
@@ -109,13 +132,8 @@ void NAME(fastrnn_pack_cols)(ptrdiff_t K, ptrdiff_t N, ptrdiff_t c0, ptrdiff_t c
                     memcpy(dst, w + k * ldw + j0, (size_t)(end - j0) * sizeof(T));
             }
     }
-    if (c1 < N)
-        return;
-    for (ptrdiff_t j = N; j < Npad; ++j) /* zero columns of the last panel */
-        for (ptrdiff_t k = 0; k < K; ++k)
-            packed[j / PW * K * PW + k * PW + j % PW] = (T)0;
-    for (ptrdiff_t u = 0; u < VW; ++u) /* and the slack after it */
-        packed[Npad * K + u] = (T)0;
+    if (c1 == N)
+        NAME(pack_padding)(K, N, packed);
 }
 
 FASTRNN_CLONES
@@ -123,6 +141,21 @@ void NAME(fastrnn_pack)(ptrdiff_t K, ptrdiff_t N, int trans, const T *w, ptrdiff
                         T *packed)
 {
     NAME(fastrnn_pack_cols)(K, N, 0, N, trans, w, ldw, packed);
+}
+
+FASTRNN_CLONES
+void NAME(fastrnn_pack_both)(ptrdiff_t K, ptrdiff_t N, const T *w, ptrdiff_t ldw, T *packed_t,
+                             T *packed)
+{
+    /* W (N, K) read once, a block of VW rows at a time, for both packs: in training it
+       comes from L3 (the step's other arrays have passed through L2 since the last one),
+       and reading it once per pack read it twice. */
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += VW)
+        NAME(pack_rows_t)(K, N - j0 < VW ? N - j0 : VW, w + j0 * ldw, ldw,
+                          packed_t + j0 / PW * K * PW + j0 % PW, PW, packed + j0 * PW,
+                          N * PW);
+    NAME(pack_padding)(K, N, packed_t);
+    NAME(pack_padding)(N, K, packed);
 }
 
 /* One tile: R rows (1..6) x C vectors (1..4) of C; R and C are constants after inlining, so

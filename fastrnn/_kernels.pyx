@@ -144,6 +144,10 @@ cdef extern from "fastrnn_matmul.h" nogil:
                                int trans, const float *w, Py_ssize_t ldw, float *packed)
     void fastrnn_pack_cols_f64(Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
                                int trans, const double *w, Py_ssize_t ldw, double *packed)
+    void fastrnn_pack_both_f32(Py_ssize_t K, Py_ssize_t N, const float *w, Py_ssize_t ldw,
+                               float *packed_t, float *packed)
+    void fastrnn_pack_both_f64(Py_ssize_t K, Py_ssize_t N, const double *w, Py_ssize_t ldw,
+                               double *packed_t, double *packed)
     void fastrnn_small_gemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float *a,
                                 Py_ssize_t lda, const float *packed, Py_ssize_t panel_stride,
                                 int beta, float *c, Py_ssize_t ldc, int reverse)
@@ -317,14 +321,25 @@ cdef inline void pack(Py_ssize_t K, Py_ssize_t N, bint trans, const floating *w,
         fastrnn_pack_f64(K, N, trans, w, ldw, packed)
 
 
+cdef inline void pack_both(Py_ssize_t K, Py_ssize_t N, const floating *w, Py_ssize_t ldw,
+                           floating *packed_t, floating *packed) noexcept nogil:
+    """packed_t := w^T and packed := w (w (N, K)) in the kernel's panels, from one read of w."""
+    if floating is float:
+        fastrnn_pack_both_f32(K, N, w, ldw, packed_t, packed)
+    else:
+        fastrnn_pack_both_f64(K, N, w, ldw, packed_t, packed)
+
+
 cdef inline void pack_recurrent(const Seq *q, floating dummy) noexcept nogil:
     """q.pk := W_hh^T packed for the forward product (GRU_B: its r and z blocks, and the n
-    block apart in q.pk_n)."""
+    block apart in q.pk_n); with q.pack_both, backward's pack of W_hh (q.bpk) too."""
     cdef const floating *w_hh = <const floating *> q.w_hh
     cdef Py_ssize_t H = q.H
     if q.cell == GRU_B:
         pack(H, 2 * H, True, w_hh, H, <floating *> q.pk)
         pack(H, H, True, w_hh + 2 * H * H, H, <floating *> q.pk_n)
+    elif q.pack_both:
+        pack_both(q.P, q.GH, w_hh, q.P, <floating *> q.pk, <floating *> q.bpk)
     else:
         pack(q.P, q.GH, True, w_hh, q.P, <floating *> q.pk)
 
@@ -450,6 +465,7 @@ cdef struct Seq:
     const void *w_ih        # (G*H, I)
     bint pack_units         # the unit-split threads pack W_hh and W_ih themselves
     bint pack_late          # the one row range packs W_hh^T after its first projection
+    bint pack_both          # training: forward's packs of W_hh and W_ih fill backward's too
     void *bpk               # forward in training: backward's W_hh pack to fill, or NULL
     void *bipk              # forward in training: backward's W_ih pack (for dX) to fill
     void *xsave             # forward in training: the tape's copy of xc to fill, or NULL
@@ -2165,16 +2181,27 @@ cdef void forward_call(ForwardCall *call, floating dummy) noexcept nogil:
     # One row range on this thread packs W_hh^T itself, after its first chunk of input
     # projection: W_hh^T is then the last thing written, in L2 for the first steps. Packed
     # here, before the projection, it was pushed out of the 2 MiB L2 by the projection's
-    # W_ih^T at H = 256 and streamed back from L3. Backward's packs go first for the same reason.
+    # W_ih^T at H = 256 and streamed back from L3. (Backward's packs went first for the same
+    # reason, until they came from the same reads of W_hh and W_ih as these: pack_both.)
     q.pack_late = not packed and not q.pack_units and nt == 1 and q.pipe_steps == 0 and S > 0
-    if bpk != NULL and not q.pack_units:
+    # In training, each weight matrix read once for forward's pack and backward's together
+    # (GRU_B's W_hh^T is packed in two parts: apart). W comes from L3 there, the step's other
+    # arrays having passed through L2 since the last call. In-process A/B, new / old: LSTM
+    # (100, 1, 256, 256) training, one thread, 0.985 and 0.947 (medians of 10 rounds);
+    # (100, 16, 128, 128) 0.997 (one thread), 0.991 (two); (50, 64, 512, 512) 0.982; GRU
+    # (100, 1, 256, 256) 0.999.
+    q.pack_both = bpk != NULL and not q.pack_units and not packed and cell != GRU_B
+    if bpk != NULL and not q.pack_units and not q.pack_both:
         pack(GH, P, False, w_hh_, P, bpk)
         pack(GH, I, False, w_ih_, I, bipk)
     if not packed and not q.pack_units:
         # (This pack skipped altogether, timing only, bounds what a projection that reads
         # W_ih's rows unpacked could gain: LSTM (100, 1, 256, 256) training, new / old
         # 0.977 on one thread, 0.985 on two; not built.)
-        pack(I, GH, True, w_ih_, I, ipk)
+        if q.pack_both:
+            pack_both(I, GH, w_ih_, I, ipk, bipk)
+        else:
+            pack(I, GH, True, w_ih_, I, ipk)
         if not q.pack_late:
             pack_recurrent(q, <floating> 0)
     if not packed:
@@ -2504,7 +2531,7 @@ def backward(int cell,
     wg.dw_ih, wg.dw_hh, wg.db_ih, wg.db_hh = dw_ih_, dw_hh_, &db_ih[0], db_hh_
     wg.dw_hr = dw_hr_
     q.bpk = q.bipk = q.xsave = NULL
-    q.pack_units = q.pack_late = False  # forward packed wpack and ipack
+    q.pack_units = q.pack_late = q.pack_both = False  # forward packed wpack and ipack
     call.q, call.wg = q, wg
     call.dh_n, call.dc_n, call.dh0, call.dc0 = dh_n_, dc_n_, dh0_, dc0_
     call.dgx, call.gbuf = dgx_, gbuf_
