@@ -107,6 +107,28 @@ def normal(rng, shape, dtype, scale=1.0):
     return np.ascontiguousarray((scale * rng.standard_normal(shape)).astype(dtype))
 
 
+# The layouts a model takes an input in, and its state to match: time-major (T, B, F),
+# unbatched (T, F), and batch-first with one row (1, T, F).
+LAYOUTS = ["time_major", "unbatched", "batch_first_one_row"]
+
+
+def layout_array(layout, rng, dtype, steps, batch, width):
+    """An input (or output gradient) of `width` features a step, in the layout."""
+    if layout == "time_major":
+        return normal(rng, (steps, batch, width), dtype)
+    if layout == "unbatched":
+        return normal(rng, (steps, width), dtype)
+    return normal(rng, (1, steps, width), dtype)
+
+
+def layout_state(layout, rng, dtype, slices, batch, width):
+    """A state of `slices` (layers x directions) rows of `width`, in the layout."""
+    if layout == "time_major":
+        return normal(rng, (slices, batch, width), dtype)
+    shape = (slices, 1, width) if layout == "batch_first_one_row" else (slices, width)
+    return normal(rng, shape, dtype)
+
+
 def lengths_for(kind, B, T, rng):
     """Per-row lengths: None, "mixed" (unsorted, holds 0 and T when B allows), "full", "zeros"."""
     if kind is None:

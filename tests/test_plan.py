@@ -13,8 +13,11 @@ from helpers import (
     CELLS,
     DTYPE_IDS,
     DTYPES,
+    LAYOUTS,
     assert_close,
     forbid,
+    layout_array,
+    layout_state,
     make_model,
     normal,
     run_in_two_threads,
@@ -51,24 +54,6 @@ def assert_same(got, want):
         np.testing.assert_array_equal(g, w)
 
 
-LAYOUTS = ["time_major", "unbatched", "batch_first_one_row"]
-
-
-def layout_input(layout, rng, dtype, steps=T):
-    if layout == "time_major":
-        return normal(rng, (steps, B, I), dtype)
-    if layout == "unbatched":
-        return normal(rng, (steps, I), dtype)
-    return normal(rng, (1, steps, I), dtype)
-
-
-def layout_state(layout, model, rng, dtype, size):
-    L = model.num_layers * model.num_directions
-    if layout == "time_major":
-        return normal(rng, (L, B, size), dtype)
-    return normal(rng, (L, 1, size) if layout == "batch_first_one_row" else (L, size), dtype)
-
-
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "h0"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["live", "frozen"])
 @pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
@@ -85,14 +70,15 @@ def test_planned_calls_equal_the_validating_path_and_the_reference(
                        batch_first=layout == "batch_first_one_row")  # fmt: skip
     if frozen:
         model.freeze()
-    x = layout_input(layout, rng, dtype)
+    x = layout_array(layout, rng, dtype, T, B, I)
     h0 = None
     if with_h0:
-        h = layout_state(layout, model, rng, dtype, H)
-        h0 = (h, layout_state(layout, model, rng, dtype, H)) if cell == "lstm" else h
+        slices = model.num_layers * model.num_directions
+        h = layout_state(layout, rng, dtype, slices, B, H)
+        h0 = (h, layout_state(layout, rng, dtype, slices, B, H)) if cell == "lstm" else h
     planned(model, x, h0)
     no_validating_path(monkeypatch)
-    x2 = layout_input(layout, rng, dtype)  # new values, same shape: still the plan
+    x2 = layout_array(layout, rng, dtype, T, B, I)  # new values, same shape: still the plan
     got = model(x2, h0)
     monkeypatch.undo()
     assert_same(got, twin(model)(x2, h0))

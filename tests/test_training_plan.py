@@ -12,8 +12,11 @@ from helpers import (
     CELLS,
     DTYPE_IDS,
     DTYPES,
+    LAYOUTS,
     assert_grads_match,
     forbid,
+    layout_array,
+    layout_state,
     make_model,
     normal,
     numeric_grads,
@@ -25,7 +28,6 @@ import fastrnn
 from fastrnn import _layer
 
 I, H, T, B = 5, 7, 4, 3  # noqa: E741
-LAYOUTS = ["time_major", "unbatched", "batch_first_one_row"]
 
 
 def no_validating_path(monkeypatch):
@@ -58,20 +60,6 @@ def assert_same_gradients(g, want):
         np.testing.assert_array_equal(a, b)
 
 
-def layout_array(layout, rng, dtype, width, steps=T):
-    if layout == "time_major":
-        return normal(rng, (steps, B, width), dtype)
-    if layout == "unbatched":
-        return normal(rng, (steps, width), dtype)
-    return normal(rng, (1, steps, width), dtype)
-
-
-def layout_state(layout, layers, rng, dtype):
-    if layout == "time_major":
-        return normal(rng, (layers, B, H), dtype)
-    return normal(rng, (layers, 1, H) if layout == "batch_first_one_row" else (layers, H), dtype)
-
-
 @pytest.mark.parametrize("with_dh_n", [False, True], ids=["no_dh_n", "dh_n"])
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "h0"])
 @pytest.mark.parametrize("directions", [1, 2], ids=["one_way", "bidirectional"])
@@ -89,18 +77,18 @@ def test_planned_training_equals_the_validating_path(
     lstm = cell == "lstm"
 
     def state():
-        h = layout_state(layout, layers * directions, rng, dtype)
-        return (h, layout_state(layout, layers * directions, rng, dtype)) if lstm else h
+        h = layout_state(layout, rng, dtype, layers * directions, B, H)
+        return (h, layout_state(layout, rng, dtype, layers * directions, B, H)) if lstm else h
 
-    x = layout_array(layout, rng, dtype, I)
+    x = layout_array(layout, rng, dtype, T, B, I)
     h0 = state() if with_h0 else None
-    dy = layout_array(layout, rng, dtype, directions * H)
+    dy = layout_array(layout, rng, dtype, T, B, directions * H)
     dh_n = state() if with_dh_n else None
     train(model, x, h0, dy, dh_n)
     train(model, x, h0, dy, dh_n)  # plans passes of this shape
     no_validating_path(monkeypatch)
-    x2 = layout_array(layout, rng, dtype, I)
-    dy2 = layout_array(layout, rng, dtype, directions * H)
+    x2 = layout_array(layout, rng, dtype, T, B, I)
+    dy2 = layout_array(layout, rng, dtype, T, B, directions * H)
     got = train(model, x2, h0, dy2, dh_n)  # new values, same shape: still the plan
     monkeypatch.undo()
     assert_same_step(got, train(twin(model), x2, h0, dy2, dh_n))
