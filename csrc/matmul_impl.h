@@ -568,7 +568,9 @@ void NAME(fastrnn_small_gemm_blocks)(ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t
    the same order as tile(): the same numbers. Alone (C, one thread, 8 interleaved rounds,
    median of each run's mean rate, G multiply-adds/s, old -> new): dW of LSTM H = 256 at batch
    1, (1024 x 100) x (100 x 256) twice, 85.9 -> 89.6; H = 128 at batch 16, (512 x 1600) x
-   (1600 x 128) twice, 90.4 -> 93.5. */
+   (1600 x 128) twice, 90.4 -> 93.5. In the model (bench/ab.py, new / old, medians of 6-10
+   rounds, training steps): LSTM (100, 16, 128, 128) 0.978 on 1 thread and 0.994 on 2,
+   (100, 1, 256, 256) 0.997, (100, 64, 256, 256) 0.990; GRU (100, 64, 256, 256) 0.983. */
 static inline __attribute__((always_inline)) void NAME(tile_tn)(ptrdiff_t K,
                                                                  const T *restrict ap,
                                                                  const T *restrict b, int beta,
