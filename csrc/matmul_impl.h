@@ -163,7 +163,8 @@ void NAME(fastrnn_pack_both)(ptrdiff_t K, ptrdiff_t N, const T *w, ptrdiff_t ldw
    a column, for A^T) and writes c[r] + col0; `width` is how many of the tile's columns
    exist. B is a packed panel, row stride PW. Each column's sum is then stored plus C
    (beta), plus bias[col] (a row added to every row of C, when bias is not NULL), or alone.
-   The first pfn steps of k also ask for line k after pf (see gemm_blocks); pfn = 0 for none. */
+   The first pfn steps of k also ask for lines 2k and 2k + 1 after pf (see gemm_blocks); pfn = 0
+   for none. */
 static inline __attribute__((always_inline)) void NAME(tile)(
     const int R, const int C, ptrdiff_t K, const T *const *a, const ptrdiff_t ks,
     const T *restrict b, int beta, const T *bias, T *const *c, ptrdiff_t col0, ptrdiff_t width,
@@ -177,8 +178,10 @@ static inline __attribute__((always_inline)) void NAME(tile)(
 #define TILE_STEP                                                                             \
     {                                                                                         \
         VEC w[4];                                                                             \
-        if (k < pfn) /* (GCC splits the loop here: the steps past pfn test nothing) */        \
-            __builtin_prefetch(pf + 64 * k, 0, 2);                                            \
+        if (k < pfn) { /* (GCC splits the loop here: the steps past pfn test nothing) */      \
+            __builtin_prefetch(pf + 128 * k, 0, 2);                                           \
+            __builtin_prefetch(pf + 128 * k + 64, 0, 2);                                      \
+        }                                                                                     \
         /* Each vector of B loaded once into a register for all R rows. Left to itself, GCC   \
            folds the load into every row's FMA when the broadcasts have more uses (R < C): R  \
            loads of B a vector, and the 3-row tile ran at 45 instead of 55 G multiply-adds/s  \
@@ -311,8 +314,15 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
     const ptrdiff_t first = c0 / PW, last = c1 > c0 ? (c1 - 1) / PW : first - 1;
     /* A B larger than L2 comes from L3 a panel at a time, and the first tile of a panel
        waited for it: the prefetchers do not cross into the next panel. So when B is large,
-       the tiles of each panel also fetch the next panel into L2, a line a step of k, over
-       as many tiles as that takes (4 tiles at K lines each: a panel row is 4 lines).
+       the tiles of each panel also fetch the next panel into L2, two lines a step of k, over
+       as many tiles as that takes (2 tiles at 2K lines each: a panel row is 4 lines). (A line
+       a step, over 4 tiles, ran the product (64 x 512) @ (512 x 2048), B 4 MiB from L3, at
+       87.3 G multiply-adds/s against 90.0 with two (C, one thread, medians of 8 interleaved
+       runs); the same lines spread over every tile of the panel ran at 81-86 against 88-91;
+       four a step, 89-94 against 90-93 for two. In the model, two against one, new / old,
+       medians of 5-8 rounds, one thread: LSTM (50, 64, 512, 512) inference 0.957 (frozen),
+       training 0.994; GRU (50, 64, 512, 512) inference 0.967; LSTM (100, 64, 256, 256), B
+       in L2, 0.998.)
        Measured, one process, new / old, medians of 6-8 rounds (2-core Xeon, 2 MiB L2, 1
        thread): LSTM (50, 64, 512, 512) inference 0.933 (W_hh^T and W_ih^T 4 MiB each),
        2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929. With B in L2 it
@@ -349,8 +359,8 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
             const T *arow[6];
             T *crow[6];
             const char *pf = next ? next + 64 * fetched : NULL;
-            const ptrdiff_t pfn = lines - fetched < K ? lines - fetched : K;
-            fetched += pfn;
+            const ptrdiff_t pfn = (lines - fetched) / 2 < K ? (lines - fetched) / 2 : K;
+            fetched += 2 * pfn;
             R = NAME(tile_rows)(rend - r0);
             for (int r = 0; r < R; ++r) {
                 ptrdiff_t s = (r0 + r) / rows, i = (r0 + r) % rows;
