@@ -2,7 +2,8 @@
  * compute_floor.c -- the machine's multiply-add floor under each case of bench/compare.py's
  * grid: the register-only FMA rate (one thread, and two threads at once), the rate of
  * fastrnn's own product tile (fastrnn_small_gemm_f32, every product of a step at batch > 1
- * and of a whole sequence) with its operands in cache where they fit, and what every grid
+ * and of a whole sequence) with its operands in cache where they fit, that of its weight
+ * gradients' transposed product (fastrnn_gemm_tn2_f32) at two training shapes, and what every grid
  * case's multiply-adds alone would take at each. A speed target whose time is below the FMA-rate
  * floor is out of reach on this machine whatever the code; the notes on the speed issue
  * compare the targets with these floors (batch-1 steps are bound by streaming W_hh instead:
@@ -142,6 +143,43 @@ static double tile_rate(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N)
     return best;
 }
 
+/* fastrnn_gemm_tn2_f32's multiply-adds per second: C1 = A^T B1 and C2 = A^T B2 with A
+   (K x M), B1 and B2 (K x N), the weight gradients dW_ih = dG^T X and dW_hh = dG^T H of a
+   training step at I = H (M = G*H gate columns, K = T*B rows), with the bias gradients'
+   column sums; repeated, so whatever fits a core's L2 stays there. */
+static double tn_rate(ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    float *a = malloc((size_t)K * M * sizeof(float));
+    float *b = malloc((size_t)2 * K * N * sizeof(float));
+    float *c = malloc((size_t)2 * M * N * sizeof(float));
+    float *sums = malloc((size_t)M * sizeof(float));
+    /* 64-byte aligned, as the library's is (_layer._aligned_empty): from malloc's 16-byte
+       boundary every vector load of the packed panel straddled two lines, 10% slower */
+    float *buf = aligned_alloc(
+        64, ((size_t)fastrnn_gemm_tn_buffer_f32(M) * sizeof(float) + 63) / 64 * 64);
+    for (ptrdiff_t e = 0; e < K * M; ++e)
+        a[e] = 1e-3f * (float)((int)(e % 7) - 3);
+    for (ptrdiff_t e = 0; e < 2 * K * N; ++e)
+        b[e] = 0.01f * (float)(e % 13);
+    const ptrdiff_t panels = 2 * ((N + FASTRNN_PANEL_F32 - 1) / FASTRNN_PANEL_F32);
+    long calls = (long)(2e9 / (2.0 * M * K * N)) + 1;
+    double best = 0;
+    for (int round = 0; round < rounds; ++round) {
+        double t0 = now();
+        for (long i = 0; i < calls; ++i)
+            fastrnn_gemm_tn2_f32(M, K, a, M, N, b, N, c, N, N, b + K * N, N, c + M * N, N, 0,
+                                 panels, sums, 0, M, buf);
+        double r = (double)calls * 2 * M * K * N / (now() - t0);
+        best = r > best ? r : best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(sums);
+    free(buf);
+    return best;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && (rounds = atoi(argv[1])) < 1) {
@@ -170,6 +208,16 @@ int main(int argc, char **argv)
         printf("  (%3td x %3td) @ (%3td x %4td): %.1f G multiply-adds/s, %.0f%% of the FMA "
                "rate\n",
                tiles[i][0], tiles[i][1], tiles[i][1], tiles[i][2], r * 1e-9, 100 * r / peak1);
+    }
+
+    /* (printed "at ... G": the grid's floors below use the tile rates above only) */
+    static const ptrdiff_t tns[][3] = {{1024, 100, 256}, {512, 1600, 128}};
+    printf("fastrnn_gemm_tn2_f32, repeated (weight gradients: (M x K) @ (K x N), twice):\n");
+    for (size_t i = 0; i < sizeof tns / sizeof tns[0]; ++i) {
+        double r = tn_rate(tns[i][0], tns[i][1], tns[i][2]);
+        printf("  (%4td x %4td) @ (%4td x %3td) twice: at %.1f G multiply-adds/s, %.0f%% of the "
+               "FMA rate\n",
+               tns[i][0], tns[i][1], tns[i][1], tns[i][2], r * 1e-9, 100 * r / peak1);
     }
 
     static const struct { int T, B, I, H; } grid[] = {

@@ -64,6 +64,30 @@ def test_compute_floor_counts_the_harness_multiply_adds(compute_floor):
             assert abs(got - mult * ms / rate) <= printed_error(mult * ms / rate, rate)
 
 
+# the transposed product's lines: (M x K) @ (K x N) twice, its rate and its share of the FMA rate
+TN_ROW = re.compile(
+    r"^\s+\(\s*(\d+) x\s+(\d+)\) @ \(\s*(\d+) x\s+(\d+)\) twice: "
+    r"at ([\d.]+) G multiply-adds/s, (\d+)% of the FMA rate$"
+)
+
+
+def test_compute_floor_rates_the_weight_gradient_product(compute_floor):
+    """The weight gradients' transposed product is timed at both training shapes (LSTM
+    H = 256 at batch 1, H = 128 at batch 16), each rate's share of the one-thread FMA rate
+    as printed."""
+    out = subprocess.run([str(compute_floor), "1"], check=True, capture_output=True, text=True)
+    one = float(re.search(r"1 thread ([\d.]+) G", out.stdout).group(1))
+    rows = [m.groups() for m in map(TN_ROW.match, out.stdout.splitlines()) if m]
+    shapes = {tuple(map(int, r[:4])) for r in rows}
+    assert shapes == {(1024, 100, 100, 256), (512, 1600, 1600, 128)}
+    for *_, rate, share in rows:
+        rate = float(rate)
+        assert rate > 0
+        # the share is rounded to a whole percent, from rates printed to 0.1 G
+        slack = 0.5 + 100 * 0.05 / one + 100 * rate * 0.05 / one**2 + 1e-9
+        assert abs(int(share) - 100 * rate / one) <= slack
+
+
 def printed_error(floor_ms: float, rate: float) -> float:
     """How far a printed floor (2 decimals) may be from one recomputed from the printed rate
     (1 decimal): the two roundings add (pytest.approx would take the larger of the two)."""
