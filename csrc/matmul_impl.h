@@ -323,7 +323,8 @@ static inline __attribute__((always_inline)) void NAME(gemm_blocks)(
        medians of 5-8 rounds, one thread: LSTM (50, 64, 512, 512) inference 0.957 (frozen),
        training 0.994; GRU (50, 64, 512, 512) inference 0.967; LSTM (100, 64, 256, 256), B
        in L2, 0.998.)
-       Measured, one process, new / old, medians of 6-8 rounds (2-core Xeon, 2 MiB L2, 1
+       Fetching ahead at all (then a line a step) against not, one process, new / old,
+       medians of 6-8 rounds (2-core Xeon, 2 MiB L2, 1
        thread): LSTM (50, 64, 512, 512) inference 0.933 (W_hh^T and W_ih^T 4 MiB each),
        2 threads 0.964, training 0.967; GRU (50, 64, 512, 512) 0.929. With B in L2 it
        costs instead: fetching ahead from 1 MiB on, LSTM (100, 64, 256, 256) inference ran
