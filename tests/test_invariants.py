@@ -286,6 +286,46 @@ def test_results_do_not_depend_on_thread_count(cell, dtype, lens, threads):
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", [*CELLS, "lstm-proj"])
+def test_packs_shared_by_threads_follow_weights_changed_in_place(cell, dtype, threads):
+    """Row ranges on 2 or 3 threads pack the weights in shares of columns (_kernels
+    run_packs), anew on every call of a live model. Sizes whose columns split inside a panel
+    (37 inputs, 20 units), weights changed in place between calls: outputs, states and
+    gradients bit-identical to one thread, and the reference's after the change."""
+    inputs, hidden, steps, batch = 37, 20, 5, 6
+    rng = np.random.default_rng(51)
+    kwargs = {"proj_size": 7} if cell == "lstm-proj" else {}
+    cell = cell.removesuffix("-proj")
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=51, **kwargs)
+    out = kwargs.get("proj_size", hidden)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (1, batch, out), dtype, 0.5)
+    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    lens = np.array([5, 3, 5, 0, 4, 5])
+    dy = normal(rng, (steps, batch, out), dtype)
+    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
+    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    params = model.parameters()
+    for change in range(2):
+        if change:  # what an optimiser's in-place step does
+            for name in ("weight_ih_l0", "weight_hh_l0"):
+                params[name] -= 0.1 * normal(rng, params[name].shape, dtype)
+        threads(1)
+        serial = run_model_and_grads(*args)
+        if not kwargs:  # the reference has no LSTM projection
+            y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 1, False, h0, c0, lens)
+            assert_close(serial["y"], y_ref, dtype)
+            assert_close(serial["h_n"], h_ref, dtype)
+        for n in (2, 3):
+            threads(n)
+            parallel = run_model_and_grads(*args)
+            for name, value in serial.items():
+                np.testing.assert_array_equal(
+                    parallel[name], value, err_msg=f"{name}, {n} threads"
+                )
+
+
 def check_gradients_across_threads(model, x, dy, dtype, threads, rng, checked):
     """Every parameter gradient of one training step is bit-identical for 1-4 threads, and
     in float64 the 1-thread gradients of the parameters `checked` match central finite
