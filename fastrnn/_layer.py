@@ -383,21 +383,25 @@ def _forward_shapes(cell, S, B, I, H, P, dtype, training, proj):  # noqa: E741
 
 
 @functools.lru_cache(maxsize=256)
-def _full_length_split(S: int, B: int, I: int, GH: int, P: int, itemsize: int, threads: int):
+def _full_length_split(
+    S: int, B: int, I: int, GH: int, P: int, itemsize: int, threads: int, packed_weights: int
+):
     """row_bounds, unit_threads and projection_helper of a batch without `lengths`
     (threads: the current setting, part of the key)."""
     lens, order = _full_lengths(S, B)
-    return _split(lens, order, S, B, I, GH, P, itemsize)
+    return _split(lens, order, S, B, I, GH, P, itemsize, packed_weights)
 
 
-def _split(lens, order, S: int, B: int, I: int, GH: int, P: int, itemsize: int):
-    """How a call's time loop is shared among threads (_threads)."""
-    bounds = _threads.row_bounds(lens, order, S, GH * (P + I))
+def _split(lens, order, S: int, B: int, I: int, GH: int, P: int, itemsize: int, packed_weights=0):
+    """How a call's time loop is shared among threads (_threads); packed_weights: elements
+    of the weights an inference call packs (_threads.row_bounds)."""
+    bounds = _threads.row_bounds(lens, order, S, GH * (P + I), packed_weights)
     full = B <= 1 or int(lens[order[-1]]) >= S
     unit_threads = _threads.unit_threads(
         B, S, B * GH * P, full, GH * P * itemsize, GH * I * itemsize
     )
-    return bounds, unit_threads, _threads.projection_helper(bounds, unit_threads, S * B * GH * I)
+    helper = _threads.projection_helper(bounds, unit_threads, S * B * GH * I, packed_weights)
+    return bounds, unit_threads, helper
 
 
 def forward(
@@ -497,14 +501,17 @@ def forward(
                 bpacks = tape_packs = _new_packs("backward", shapes, dtype, kept)
     else:
         bpacks, tape_packs = _no_packs(dtype), ()
+    packed_weights = 0 if packed or training else G * H * (P + I)
     if later is not None and not split:
         bounds, unit_threads, helper = _threads.one_range(B), 1, False
     elif lengths is None:
         bounds, unit_threads, helper = _full_length_split(
-            S, B, I, G * H, P, dtype.itemsize, _threads.get_num_threads()
+            S, B, I, G * H, P, dtype.itemsize, _threads.get_num_threads(), packed_weights
         )
     else:
-        bounds, unit_threads, helper = _split(lens, order, S, B, I, G * H, P, dtype.itemsize)
+        bounds, unit_threads, helper = _split(
+            lens, order, S, B, I, G * H, P, dtype.itemsize, packed_weights
+        )
 
     _kernel("forward", dtype)(
         CELL_CODES[cell], training, packed, xc, weights.w_ih, weights.w_hh, weights.b_ih,

@@ -162,13 +162,18 @@ def wide_projection(input_weight_bytes: int) -> bool:
 _MIN_HELPER_WORK = 1_000_000
 
 
-def projection_helper(bounds: np.ndarray, unit_threads: int, projection_macs: int) -> bool:
-    """Whether a second thread projects the input ahead of a one-range time loop."""
+def projection_helper(
+    bounds: np.ndarray, unit_threads: int, projection_macs: int, packed_weights: int = 0
+) -> bool:
+    """Whether a second thread projects the input ahead of a one-range time loop;
+    packed_weights as for row_bounds (the helper reads the packs from the other core too:
+    LSTM H = 128 batch 16 T = 2 on live weights ran 1.21x one thread's time with it)."""
+    least = max(_MIN_HELPER_WORK, _MIN_WORK_PER_PACKED_WEIGHT * packed_weights)
     return (
         _num_threads > 1
         and unit_threads <= 1
         and bounds.shape[0] == 2
-        and projection_macs >= _MIN_HELPER_WORK
+        and projection_macs >= least
     )
 
 
@@ -204,15 +209,34 @@ def one_range(B: int) -> np.ndarray:
     return one
 
 
-def row_bounds(lengths: np.ndarray, order: np.ndarray, steps: int, macs_per_token: int):
-    """Row ranges, one a thread: bounds (threads + 1,) over rows sorted longest first."""
+# An inference call that packs its weights (a live model's: they may have changed since the
+# last call) writes the packs from every thread, and each thread then reads the others'
+# share from their cores (_kernels run_packs). Short calls lost more to that than the second
+# thread saved. Measured (2-core Xeon, inference on live weights, 2 threads / 1, medians of
+# 5 alternations; multiply-adds of the call per packed weight): LSTM H = 128 batch 16
+# T = 1, 2, 4 (16, 32, 64): 1.35, 1.18, 0.93; GRU H = 128 batch 16 T = 2, 4 (32, 64): 1.34,
+# 0.99; RNN H = 256 batch 32 T = 1, 2 (32, 64): 1.12, 0.87; LSTM H = 64 batch 64 T = 1, 2
+# (64, 128): 0.98, 0.83. On frozen weights (no packing) 2 threads won from the first step.
+_MIN_WORK_PER_PACKED_WEIGHT = 64
+
+
+def row_bounds(
+    lengths: np.ndarray,
+    order: np.ndarray,
+    steps: int,
+    macs_per_token: int,
+    packed_weights: int = 0,
+):
+    """Row ranges, one a thread: bounds (threads + 1,) over rows sorted longest first.
+    packed_weights: elements of the weights an inference call packs (0 if none)."""
     B = order.shape[0]
     nt = min(_num_threads, B)
-    if nt <= 1 or steps * B * macs_per_token < _MIN_PARALLEL_WORK:
+    least = max(_MIN_PARALLEL_WORK, _MIN_WORK_PER_PACKED_WEIGHT * packed_weights)
+    if nt <= 1 or steps * B * macs_per_token < least:
         return one_range(B)
     tokens = np.cumsum(lengths[order])
     total = int(tokens[-1])
-    if total * macs_per_token < _MIN_PARALLEL_WORK:
+    if total * macs_per_token < least:
         return np.array([0, B], dtype=np.int64)
     cuts = np.searchsorted(tokens, total * np.arange(1, nt) / nt, side="left") + 1
     bounds = np.concatenate(([0], np.clip(cuts, 1, B - 1), [B])).astype(np.int64)

@@ -44,6 +44,7 @@ def thread_policy(request):
     mp = pytest.MonkeyPatch()
     if request.param != "1-thread":
         mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+        mp.setattr(fastrnn._threads, "_MIN_WORK_PER_PACKED_WEIGHT", 0)
         mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
         mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK_ROWS", 0)
         fastrnn.set_num_threads(2)

@@ -229,11 +229,12 @@ def test_batch_first_equals_time_major(cell, dtype):
 
 @pytest.fixture
 def threads():
-    """Set fastrnn's thread count for one test (restored after), with the parallel cut-off
+    """Set fastrnn's thread count for one test (restored after), with the parallel cut-offs
     at zero so that even these small problems split their rows among threads."""
     saved = fastrnn.get_num_threads()
     mp = pytest.MonkeyPatch()
     mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    mp.setattr(fastrnn._threads, "_MIN_WORK_PER_PACKED_WEIGHT", 0)
     yield fastrnn.set_num_threads
     mp.undo()
     fastrnn.set_num_threads(saved)
@@ -410,6 +411,7 @@ def unit_threads():
     saved = fastrnn.get_num_threads()
     mp = pytest.MonkeyPatch()
     mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 0)
+    mp.setattr(fastrnn._threads, "_MIN_WORK_PER_PACKED_WEIGHT", 0)
     mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK", 0)
     mp.setattr(fastrnn._threads, "_MIN_UNIT_STEP_WORK_ROWS", 0)
     yield fastrnn.set_num_threads
@@ -629,6 +631,53 @@ def test_short_calls_over_large_weights_split_by_units(cell, hidden, batch):
         np.testing.assert_array_equal(two, one)
 
 
+def test_short_inference_that_packs_keeps_one_row_range(monkeypatch):
+    """An inference call that packs live weights takes a second thread for its row ranges
+    only from _MIN_WORK_PER_PACKED_WEIGHT multiply-adds per packed weight (below it, the
+    cross-core reads of the shared packs cost more than the thread saved); a frozen model's
+    calls, which read kept packs, and training passes keep the plain cut-off. The rule as
+    the layer applies it (the packed size it passes) and at its edge."""
+    seen = []
+    rule = fastrnn._threads.row_bounds
+
+    def recording(*args):
+        seen.append(args[4] if len(args) > 4 else 0)
+        return rule(*args)
+
+    monkeypatch.setattr(fastrnn._threads, "row_bounds", recording)
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    fastrnn._layer._full_length_split.cache_clear()
+    try:
+        steps, batch, inputs, hidden = 1, 16, 128, 128
+        live = make_model("lstm", inputs, hidden, dtype=np.float32, seed=3)
+        x = normal(np.random.default_rng(3), (steps, batch, inputs), np.float32)
+        packed = 4 * hidden * (hidden + inputs)
+        live(x)
+        assert seen[-1] == packed
+        live.forward_train(x)
+        assert seen[-1] == 0
+        frozen = make_model("lstm", inputs, hidden, dtype=np.float32, seed=3).freeze()
+        frozen(x)  # the first call packs what the model keeps
+        frozen(x)
+        assert seen[-1] == 0
+        lens, order = np.full(batch, 4, np.int64), np.arange(batch, dtype=np.int64)
+        macs = 4 * hidden * (hidden + inputs)
+        least = fastrnn._threads._MIN_WORK_PER_PACKED_WEIGHT * packed  # (4 steps' work)
+        assert len(rule(lens, order, 4, macs, packed)) == 3  # at the edge: two ranges
+        assert len(rule(lens, order, 4, macs - 1, packed)) == 2  # below it: one
+        assert 4 * batch * macs == least
+        assert len(rule(lens, order, 1, macs, 0)) == 3  # nothing packed: the plain cut-off
+        # the projection helper of a one-range loop: the same rule on its projection's work
+        one = np.array([0, batch], np.int64)
+        helper = fastrnn._threads.projection_helper
+        assert helper(one, 1, least, packed) and not helper(one, 1, least - 1, packed)
+        assert helper(one, 1, fastrnn._threads._MIN_HELPER_WORK, 0)
+    finally:
+        fastrnn.set_num_threads(saved)
+        fastrnn._layer._full_length_split.cache_clear()
+
+
 @pytest.fixture
 def pipe_threads():
     """Set the thread count for one test (restored after), with every call's time loop on
@@ -638,6 +687,7 @@ def pipe_threads():
     mp = pytest.MonkeyPatch()
     mp.setattr(fastrnn._threads, "_MIN_PARALLEL_WORK", 1 << 62)
     mp.setattr(fastrnn._threads, "_MIN_HELPER_WORK", 0)
+    mp.setattr(fastrnn._threads, "_MIN_WORK_PER_PACKED_WEIGHT", 0)
     yield fastrnn.set_num_threads
     mp.undo()
     fastrnn.set_num_threads(saved)
