@@ -274,17 +274,43 @@ def test_results_do_not_depend_on_thread_count(cell, dtype, lens, threads):
     dy = normal(rng, (T, batch, 2 * H), dtype)
     dh, dc = normal(rng, (4, batch, H), dtype), normal(rng, (4, batch, H), dtype)
     args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    same_on_more_threads(args, dtype, threads, (2, True))
+
+
+def same_on_more_threads(args, dtype, threads, layout):
+    """run_model_and_grads(*args) on one thread, its output and final state checked against
+    the reference's for `layout` (layers, bidirectional; None: not checked), then on 2 and 3
+    threads: everything bit-identical to one thread's."""
+    model, cell, x, h0, c0, lens = args[:6]
     threads(1)
     serial = run_model_and_grads(*args)
-    y_ref, h_ref, c_ref = ref.run_model(cell, x, model.state_dict(), 2, True, h0, c0, lens)
-    assert_close(serial["y"], y_ref, dtype)
-    assert_close(serial["h_n"], h_ref, dtype)
+    if layout is not None:
+        y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), *layout, h0, c0, lens)
+        assert_close(serial["y"], y_ref, dtype)
+        assert_close(serial["h_n"], h_ref, dtype)
     for n in (2, 3):
         threads(n)
         parallel = run_model_and_grads(*args)
         assert parallel.keys() == serial.keys()
         for name, value in serial.items():
             np.testing.assert_array_equal(parallel[name], value, err_msg=f"{name}, {n} threads")
+
+
+def one_layer_case(cell, dtype, inputs, hidden, steps, batch, lens, seed, proj):
+    """A one-layer model ("lstm-proj": an LSTM with proj_size `proj`), run_model_and_grads'
+    arguments for it (input, initial state, lengths, the output and state gradients, drawn
+    in that order) and the generator that drew them."""
+    rng = np.random.default_rng(seed)
+    kwargs = {"proj_size": proj} if cell == "lstm-proj" else {}
+    cell = cell.removesuffix("-proj")
+    model = make_model(cell, inputs, hidden, dtype=dtype, seed=seed, **kwargs)
+    out = kwargs.get("proj_size", hidden)
+    x = normal(rng, (steps, batch, inputs), dtype)
+    h0 = normal(rng, (1, batch, out), dtype, 0.5)
+    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    dy = normal(rng, (steps, batch, out), dtype)
+    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
+    return model, (model, cell, x, h0, c0, lens, dy, dh, dc), rng
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -294,37 +320,16 @@ def test_packs_shared_by_threads_follow_weights_changed_in_place(cell, dtype, th
     run_packs), anew on every call of a live model. Sizes whose columns split inside a panel
     (37 inputs, 20 units), weights changed in place between calls: outputs, states and
     gradients bit-identical to one thread, and the reference's after the change."""
-    inputs, hidden, steps, batch = 37, 20, 5, 6
-    rng = np.random.default_rng(51)
-    kwargs = {"proj_size": 7} if cell == "lstm-proj" else {}
-    cell = cell.removesuffix("-proj")
-    model = make_model(cell, inputs, hidden, dtype=dtype, seed=51, **kwargs)
-    out = kwargs.get("proj_size", hidden)
-    x = normal(rng, (steps, batch, inputs), dtype)
-    h0 = normal(rng, (1, batch, out), dtype, 0.5)
-    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
     lens = np.array([5, 3, 5, 0, 4, 5])
-    dy = normal(rng, (steps, batch, out), dtype)
-    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
-    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    model, args, rng = one_layer_case(cell, dtype, 37, 20, 5, len(lens), lens, 51, 7)
+    projected = cell == "lstm-proj"
     params = model.parameters()
     for change in range(2):
         if change:  # what an optimiser's in-place step does
             for name in ("weight_ih_l0", "weight_hh_l0"):
                 params[name] -= 0.1 * normal(rng, params[name].shape, dtype)
-        threads(1)
-        serial = run_model_and_grads(*args)
-        if not kwargs:  # the reference has no LSTM projection
-            y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 1, False, h0, c0, lens)
-            assert_close(serial["y"], y_ref, dtype)
-            assert_close(serial["h_n"], h_ref, dtype)
-        for n in (2, 3):
-            threads(n)
-            parallel = run_model_and_grads(*args)
-            for name, value in serial.items():
-                np.testing.assert_array_equal(
-                    parallel[name], value, err_msg=f"{name}, {n} threads"
-                )
+        # (the reference has no LSTM projection)
+        same_on_more_threads(args, dtype, threads, None if projected else (1, False))
 
 
 def check_gradients_across_threads(model, x, dy, dtype, threads, rng, checked):
@@ -709,22 +714,14 @@ def test_input_projection_on_a_helper_thread_does_not_change_results(
 ):
     """A time loop on one thread with its input projected ahead by a second: outputs, states
     and gradients bit-identical to one thread, and the reference's; the helper really ran."""
-    inputs, hidden, batch = 64, 64, len(lengths)
-    rng = np.random.default_rng(44)
-    kwargs = {"proj_size": 24} if cell == "lstm-proj" else {}
-    cell = cell.removesuffix("-proj")
-    model = make_model(cell, inputs, hidden, dtype=dtype, seed=44, **kwargs)
-    out = kwargs.get("proj_size", hidden)
-    x = normal(rng, (steps, batch, inputs), dtype)
-    h0 = normal(rng, (1, batch, out), dtype, 0.5)
-    c0 = normal(rng, (1, batch, hidden), dtype, 0.5) if cell == "lstm" else None
+    batch = len(lengths)
     lens = np.array(lengths) if batch > 1 else None
-    dy = normal(rng, (steps, batch, out), dtype)
-    dh, dc = normal(rng, (1, batch, out), dtype), normal(rng, (1, batch, hidden), dtype)
-    args = (model, cell, x, h0, c0, lens, dy, dh, dc)
+    model, args, _ = one_layer_case(cell, dtype, 64, 64, steps, batch, lens, 44, 24)
+    projected = cell == "lstm-proj"
+    _, cell, x, h0, c0 = args[:5]
     pipe_threads(1)
     serial = run_model_and_grads(*args)
-    if not kwargs:  # the reference has no LSTM projection (tests/test_torch_parity.py does)
+    if not projected:  # the reference has no LSTM projection (tests/test_torch_parity.py does)
         y_ref, h_ref, _ = ref.run_model(cell, x, model.state_dict(), 1, False, h0, c0, lens)
         assert_close(serial["y"], y_ref, dtype)
         assert_close(serial["h_n"], h_ref, dtype)
