@@ -1190,6 +1190,7 @@ cdef void pack_share(const Seq *q, int t, int nt, floating dummy) noexcept nogil
 
 
 cdef void pack_task(void *ctx, int t, int nt) noexcept nogil:
+    """Share t of a PackJob (copies only: no arithmetic whose denormals need flushing)."""
     cdef const PackJob *job = <const PackJob *> ctx
     if job.double:
         pack_share(job.q, t, nt, <double> 0)
