@@ -66,8 +66,9 @@ recurrent with the steps stacked, dh, dW_hh, dW_ih, dx). A training case short o
 "2x torch" target is "ruled out" when its GEMM flops alone, at the most generous rate this
 run shows for its thread count (that best GEMM; fastrnn's own GFLOP/s in any case; n times
 either on one thread, i.e. perfect scaling), take longer than the target allows: no gate
-math, no memory traffic, no overhead counted. (The register-only FMA rate, a higher bound
-still, is bench/compute_floor.c's, run by hand.)
+math, no memory traffic, no overhead counted. Where a scaled rate decided, the verdict also
+quotes the time at the best GEMM measured on that many threads. (The register-only FMA
+rate, a higher bound still, is bench/compute_floor.c's, run by hand.)
 
 Targets. Last, the issue's targets are checked on the measured cases and printed PASS,
 FAIL, SKIP (not measured) or OUT (short only where the GEMM ceiling rules the target out)
@@ -804,11 +805,18 @@ def _ceiling_verdict(case, allowed_ms, ceiling, cases):
         return False, ""
     bound_ms = case["gemm_flops"] / gflops * 1e-6
     out = bound_ms > allowed_ms
-    return out, (
+    text = (
         f"; {'ruled out' if out else 'not ruled out'}: its GEMM flops at the ceiling "
         f"({gflops:.0f} GFLOP/s) take {bound_ms:.3f} ms {'>' if out else '<='} the "
         f"{allowed_ms:.3f} ms allowed"
     )
+    measured = {c["threads"]: c["best"]["gflops"] for c in ceiling}[case["threads"]]
+    if measured < gflops:  # the verdict took a scaled rate: the measured one, for scale
+        text += (
+            f" (at the best GEMM measured on {case['threads']} thread(s), {measured:.0f} "
+            f"GFLOP/s: {case['gemm_flops'] / measured * 1e-6:.3f} ms)"
+        )
+    return out, text
 
 
 def target_training_vs_torch(

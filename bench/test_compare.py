@@ -82,6 +82,9 @@ def test_ceiling_rules_out_only_targets_its_gemm_flops_cannot_meet():
     assert by_case["1"].ruled_out and not by_case["1"].passed
     assert "ruled out" in by_case["1"].detail and "8.000 ms" in by_case["1"].detail
     assert not by_case["2"].ruled_out and "not ruled out" in by_case["2"].detail
+    # the scaled rate decided; the rate measured on two threads is quoted beside it
+    assert "best GEMM measured on 2 thread(s), 280 GFLOP/s: 4.286 ms" in by_case["2"].detail
+    assert "best GEMM measured" not in by_case["1"].detail
     assert target.status == "FAIL"
     assert compare.target_training_vs_torch([one], True, 2.0, ceiling).status == "OUT"
     # without a ceiling measurement nothing is ruled out
