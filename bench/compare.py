@@ -66,9 +66,9 @@ recurrent with the steps stacked, dh, dW_hh, dW_ih, dx). A training case short o
 "2x torch" target is "ruled out" when its GEMM flops alone, at the most generous rate this
 run shows for its thread count (that best GEMM; fastrnn's own GFLOP/s in any case; n times
 either on one thread, i.e. perfect scaling), take longer than the target allows: no gate
-math, no memory traffic, no overhead counted. Where a scaled rate decided, the verdict also
-quotes the time at the best GEMM measured on that many threads. (The register-only FMA
-rate, a higher bound still, is bench/compute_floor.c's, run by hand.)
+math, no memory traffic, no overhead counted. Where a rate above the best GEMM measured on
+that many threads decided, the verdict also quotes the time at that GEMM. (The register-only
+FMA rate, a higher bound still, is bench/compute_floor.c's, run by hand.)
 
 Targets. Last, the issue's targets are checked on the measured cases and printed PASS,
 FAIL, SKIP (not measured) or OUT (short only where the GEMM ceiling rules the target out)
@@ -811,7 +811,7 @@ def _ceiling_verdict(case, allowed_ms, ceiling, cases):
         f"{allowed_ms:.3f} ms allowed"
     )
     measured = {c["threads"]: c["best"]["gflops"] for c in ceiling}[case["threads"]]
-    if measured < gflops:  # the verdict took a scaled rate: the measured one, for scale
+    if measured < gflops:  # a scaled rate or fastrnn's own decided: the measured one too
         text += (
             f" (at the best GEMM measured on {case['threads']} thread(s), {measured:.0f} "
             f"GFLOP/s: {case['gemm_flops'] / measured * 1e-6:.3f} ms)"
