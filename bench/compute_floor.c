@@ -3,11 +3,12 @@
  * grid: the register-only FMA rate (one thread, and two threads at once), the rate of
  * fastrnn's own product tile (fastrnn_small_gemm_f32, every product of a step at batch > 1
  * and of a whole sequence) with its operands in cache where they fit, that of its weight
- * gradients' transposed product (fastrnn_gemm_tn2_f32) at two training shapes, and what every grid
- * case's multiply-adds alone would take at each. A speed target whose time is below the FMA-rate
- * floor is out of reach on this machine whatever the code; the notes on the speed issue
- * compare the targets with these floors (batch-1 steps are bound by streaming W_hh instead:
- * bench/stream_floor.c).
+ * gradients' transposed product (fastrnn_gemm_tn2_f32) at two training shapes, what every
+ * grid case's multiply-adds alone would take at each, and the time of the pointwise gate math
+ * (csrc/cells.c) that every case does besides them, at that code's own rate in cache. A speed
+ * target whose time is below the FMA-rate floor is out of reach on this machine whatever the
+ * code; the notes on the speed issue compare the targets with these floors (batch-1 steps are
+ * bound by streaming W_hh instead: bench/stream_floor.c).
  *
  * Multiply-adds counted: inference T*B*G*H*(I+H) (input projection and recurrent product);
  * a training step three times that (forward; dX with dh; dW_ih with dW_hh), as
@@ -15,7 +16,7 @@
  *
  * Build and run from the project root (-O3 -fno-trapping-math as setup.py builds the kernels):
  *   gcc -O3 -fno-trapping-math -std=gnu11 -pthread -Icsrc -o /tmp/compute_floor \
- *       bench/compute_floor.c csrc/matmul.c && /tmp/compute_floor
+ *       bench/compute_floor.c csrc/matmul.c csrc/cells.c -lm && /tmp/compute_floor
  * Every rate is the best of 7 rounds (or of the rounds given as the one argument: the tests
  * run 1); run it on a quiet machine.
  */
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "fastrnn_cells.h"
 #include "fastrnn_matmul.h"
 
 static double now(void)
@@ -180,6 +182,78 @@ static double tn_rate(ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
     return best;
 }
 
+/* Gate math: seconds per hidden unit of one batch row and step, through fastrnn's pointwise
+   kernels over GATE_ROWS rows of H = GATE_H (the gate buffers, 64 KiB for an LSTM, stay in
+   cache), as inference runs it (forward, no saved activations) and as a training step does
+   (forward saving them, then backward). The values are mild (|a| < 6), as trained gates'
+   are; the kernels' time does not depend on them (no branches). */
+#define GATE_ROWS 16
+#define GATE_H 256
+
+typedef struct {
+    double inference, training;
+} GateCost;
+
+enum { RNN, LSTM, GRU };
+
+/* One call of the cell's forward (act NULL: inference) or backward over every row. */
+static void gate_pass(int cell, int backward, float *const *buf, float *act)
+{
+    const ptrdiff_t n = GATE_ROWS, H = GATE_H;
+    if (cell == RNN && !backward)
+        fastrnn_rnn_gates_fwd_f32(n, H, 0, H, 0, buf[0], buf[1]);
+    else if (cell == RNN)
+        fastrnn_rnn_gates_bwd_f32(n, H, 0, H, 0, buf[1], buf[2], buf[3]);
+    else if (cell == LSTM && !backward)
+        fastrnn_lstm_gates_fwd_f32(n, H, 0, H, buf[0], buf[1], act, buf[2], buf[3]);
+    else if (cell == LSTM) /* (buf[4] is dc: in and out, as the time loop carries it) */
+        fastrnn_lstm_gates_bwd_f32(n, H, 0, H, buf[5], buf[1], buf[2], buf[3], buf[4], buf[0]);
+    else if (!backward)
+        fastrnn_gru_gates_fwd_f32(n, H, 0, H, buf[0], buf[6], buf[1], act, buf[2]);
+    else
+        fastrnn_gru_gates_bwd_f32(n, H, 0, H, buf[5], buf[1], buf[3], buf[0], buf[4], buf[2]);
+}
+
+/* Seconds a call of gate_pass takes: the best of `rounds` rounds of ~20 ms of calls. */
+static double gate_pass_time(int cell, int backward, float *const *buf, float *act)
+{
+    double best = 1e30;
+    for (int round = 0; round < rounds; ++round) {
+        long calls = 0;
+        double t0 = now(), t;
+        do {
+            gate_pass(cell, backward, buf, act);
+            ++calls;
+        } while ((t = now() - t0) < 0.02);
+        best = t / calls < best ? t / calls : best;
+    }
+    return best;
+}
+
+static GateCost gate_cost(int cell)
+{
+    unsigned csr = fastrnn_denormals_flush(); /* as the library's time loops run */
+    /* 7 buffers of 4H a row (the widest: LSTM and GRU gates, saved activations) */
+    const size_t elems = (size_t)GATE_ROWS * 4 * GATE_H;
+    float *buf[7];
+    for (int i = 0; i < 7; ++i) {
+        buf[i] = aligned_alloc(64, elems * sizeof(float));
+        for (size_t e = 0; e < elems; ++e)
+            buf[i][e] = 0.37f * (float)((int)((e * 7919 + (size_t)i) % 23) - 11);
+    }
+    float *act = buf[5];
+    gate_pass(cell, 0, buf, act); /* saved activations of these values, for backward */
+    const double units = (double)GATE_ROWS * GATE_H;
+    GateCost cost;
+    cost.inference = gate_pass_time(cell, 0, buf, NULL) / units;
+    cost.training = (gate_pass_time(cell, 0, buf, act) + gate_pass_time(cell, 1, buf, act)) /
+                    units;
+    for (int i = 0; i < 7; ++i)
+        free(buf[i]);
+    fastrnn_denormals_restore(csr);
+    return cost;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && (rounds = atoi(argv[1])) < 1) {
@@ -224,7 +298,17 @@ int main(int argc, char **argv)
         {100, 1, 64, 64},   {100, 1, 256, 256}, {100, 16, 128, 128}, {100, 64, 256, 256},
         {50, 64, 512, 512}, {200, 32, 128, 256}, {1000, 1, 32, 32},
     };
-    static const struct { const char *name; int G; } cells[] = {{"rnn", 1}, {"lstm", 4}, {"gru", 3}};
+    static const struct { const char *name; int G, id; } cells[] = {
+        {"rnn", 1, RNN}, {"lstm", 4, LSTM}, {"gru", 3, GRU}};
+    GateCost gates[3];
+    printf("gate math (csrc/cells.c, %d rows x H = %d in cache), ns a hidden unit of a row and "
+           "step:\n",
+           GATE_ROWS, GATE_H);
+    for (size_t c = 0; c < 3; ++c) {
+        gates[c] = gate_cost(cells[c].id);
+        printf("  %-4s inference %.3f, training step %.3f\n", cells[c].name,
+               gates[c].inference * 1e9, gates[c].training * 1e9);
+    }
     printf("\nmultiply-adds alone, ms: at the FMA rate (1 thread / 2 threads) and at the best "
            "tile rate above (1 thread)\n");
     printf("%-5s %-16s %10s %19s %19s\n", "cell", "T,B,I,H", "M mul-add", "inference",
@@ -240,6 +324,20 @@ int main(int argc, char **argv)
                    cells[c].name, shape, macs * 1e-6, macs / peak1 * 1e3, macs / peak2 * 1e3,
                    macs / tile_best * 1e3, 3 * macs / peak1 * 1e3, 3 * macs / peak2 * 1e3,
                    3 * macs / tile_best * 1e3);
+        }
+    /* what each case does besides its products, on one thread (the grid's pointwise work
+       also splits across threads, by rows or units) */
+    printf("\ngate math alone, ms on one thread at the rates above (T*B*H units a pass)\n");
+    printf("%-5s %-16s %10s %10s %14s\n", "cell", "T,B,I,H", "M units", "inference",
+           "training step");
+    for (size_t c = 0; c < sizeof cells / sizeof cells[0]; ++c)
+        for (size_t g = 0; g < sizeof grid / sizeof grid[0]; ++g) {
+            double units = (double)grid[g].T * grid[g].B * grid[g].H;
+            char shape[32];
+            snprintf(shape, sizeof shape, "%d,%d,%d,%d", grid[g].T, grid[g].B, grid[g].I,
+                     grid[g].H);
+            printf("%-5s %-16s %10.3f %10.3f %14.3f\n", cells[c].name, shape, units * 1e-6,
+                   units * gates[c].inference * 1e3, units * gates[c].training * 1e3);
         }
     return 0;
 }

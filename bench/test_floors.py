@@ -34,7 +34,9 @@ def build(tmp_path, source: str, *others: str) -> Path:
 
 @pytest.fixture(scope="module")
 def compute_floor(tmp_path_factory) -> Path:
-    return build(tmp_path_factory.mktemp("floor"), "bench/compute_floor.c", "csrc/matmul.c")
+    return build(
+        tmp_path_factory.mktemp("floor"), "bench/compute_floor.c", "csrc/matmul.c", "csrc/cells.c"
+    )
 
 
 def test_compute_floor_counts_the_harness_multiply_adds(compute_floor):
@@ -86,6 +88,36 @@ def test_compute_floor_rates_the_weight_gradient_product(compute_floor):
         # the share is rounded to a whole percent, from rates printed to 0.1 G
         slack = 0.5 + 100 * 0.05 / one + 100 * rate * 0.05 / one**2 + 1e-9
         assert abs(int(share) - 100 * rate / one) <= slack
+
+
+# the gate-math rates, ns a hidden unit: cell, inference, training step
+GATE_RATE = re.compile(r"^  (rnn|lstm|gru)\s+inference ([\d.]+), training step ([\d.]+)$")
+# the gate-math table: cell, T,B,I,H, M units, inference ms, training-step ms
+GATE_ROW = re.compile(
+    r"^(rnn|lstm|gru)\s+(\d+),(\d+),(\d+),(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$"
+)
+
+
+def test_compute_floor_times_the_gate_math_of_every_case(compute_floor):
+    """Each cell's gate math is rated, for inference and for a training step, and every grid
+    case's T*B*H units are costed at those rates (not the rates' values: timings, one quick
+    round)."""
+    out = subprocess.run([str(compute_floor), "1"], check=True, capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    rates = {m[1]: (float(m[2]), float(m[3])) for m in map(GATE_RATE.match, lines) if m}
+    assert set(rates) == set(common.CELLS)
+    for inference, training in rates.values():
+        assert inference > 0 and training > 0
+    rows = [m.groups() for m in map(GATE_ROW.match, lines) if m]
+    assert {(r[0], tuple(map(int, r[1:5]))) for r in rows} == {
+        (cell, shape) for cell in common.CELLS for shape in common.GRID
+    }
+    for cell, T, B, _, H, units, inference, training in rows:
+        count = int(T) * int(B) * int(H)
+        assert float(units) == pytest.approx(count / 1e6, abs=0.0005)
+        for got, ns in ((inference, rates[cell][0]), (training, rates[cell][1])):
+            # printed to 3 decimals, from a rate printed to 3 decimals
+            assert abs(float(got) - count * ns / 1e6) <= 0.0005 + count * 0.0005 / 1e6 + 1e-9
 
 
 def printed_error(floor_ms: float, rate: float) -> float:
