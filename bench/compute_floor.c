@@ -300,11 +300,11 @@ int main(int argc, char **argv)
     };
     static const struct { const char *name; int G, id; } cells[] = {
         {"rnn", 1, RNN}, {"lstm", 4, LSTM}, {"gru", 3, GRU}};
-    GateCost gates[3];
+    GateCost gates[sizeof cells / sizeof cells[0]];
     printf("gate math (csrc/cells.c, %d rows x H = %d in cache), ns a hidden unit of a row and "
            "step:\n",
            GATE_ROWS, GATE_H);
-    for (size_t c = 0; c < 3; ++c) {
+    for (size_t c = 0; c < sizeof cells / sizeof cells[0]; ++c) {
         gates[c] = gate_cost(cells[c].id);
         printf("  %-4s inference %.3f, training step %.3f\n", cells[c].name,
                gates[c].inference * 1e9, gates[c].training * 1e9);
